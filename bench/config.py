@@ -1,0 +1,223 @@
+"""Run configuration: TOML files -> frozen dataclasses, validated before any model loads.
+
+Every field is declared once here with its default and its allowed values. An unknown key or a
+bad value raises ``ConfigError`` naming the file, the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import methods
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names file, key and allowed."""
+
+
+def field(default: Any, help: str, choices: tuple[Any, ...] | None = None,  # noqa: A002
+          minimum: float | None = None) -> Any:
+    """A dataclass field with its help text and constraints (checked by ``validate``)."""
+    factory = {"default_factory": (lambda d=default: type(d)(d))} if isinstance(default, list | dict) else {"default": default}
+    return dataclasses.field(metadata={"help": help, "choices": choices, "minimum": minimum}, **factory)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    name: str = field("tiny-llama", "tiny-llama | smollm2-135m | a hub id | a local folder")
+    dtype: str = field("auto", "parameter dtype; auto = bfloat16 on GPU, float32 on CPU",
+                       choices=("auto", "float32", "bfloat16"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TasksConfig:
+    suite: str = field("offline", "task suite", choices=("offline",))
+    names: list[str] = field(["arithmetic", "logic", "program", "format"], "tasks, in sequential order")
+    train_size: int = field(200, "training rows per task", minimum=1)
+    test_size: int = field(50, "held-out rows per task", minimum=1)
+    data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)")
+    mix: str = field("proportional", "multitask mixture", choices=("proportional", "balanced"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps_per_stage: int = field(30, "optimizer steps per regime stage", minimum=1)
+    batch_size: int = field(8, "rows per optimizer step", minimum=1)
+    grad_accum: int = field(1, "micro-batches per optimizer step (must divide batch_size)", minimum=1)
+    lr: float = field(1e-3, "peak learning rate", minimum=0)
+    weight_decay: float = field(0.1, "AdamW decoupled weight decay", minimum=0)
+    betas: list[float] = field([0.9, 0.999], "AdamW betas")
+    warmup_steps: int = field(3, "linear LR warm-up steps (per stage)", minimum=0)
+    schedule: str = field("linear", "transformers LR schedule (per stage)",
+                          choices=("linear", "cosine", "constant_with_warmup"))
+    max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables", minimum=0)
+    max_length: int = field(128, "tokens per training row (prompt + answer), truncated", minimum=8)
+    log_every: int = field(1, "steps between metrics.jsonl lines", minimum=1)
+    bf16: str = field("auto", "autocast bf16: auto = on GPU only", choices=("auto", "on", "off"))
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.grad_accum = {self.grad_accum} must divide train.batch_size = {self.batch_size}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas = {self.betas!r}: allowed: two numbers in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    limit: int = field(50, "items per task evaluated (<= tasks.test_size)", minimum=1)
+    batch_size: int = field(16, "lm-eval batch size", minimum=1)
+    max_gen_toks: int = field(16, "generation budget for exact-match tasks", minimum=1)
+    nll: bool = field(True, "also measure the mean NLL of the gold answers")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    name: str = field("full_sft", "a registered method (isobench methods)")
+    options: dict[str, Any] = field({}, "the method's options")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    study: str = field("default", "results go to <results_dir>/<study>/<run_id>/")
+    regime: str = field("multitask", "training regime", choices=("multitask", "sequential"))
+    seed: int = field(0, "seed of the model init, data order and dropout")
+    results_dir: str = field("results", "root of all result folders")
+    backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
+    tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    method: MethodSpec = dataclasses.field(default_factory=MethodSpec)
+
+    @property
+    def run_id(self) -> str:
+        """Method name + short hash of the canonical resolved config (results_dir excluded)."""
+        canon = to_dict(self)
+        canon.pop("results_dir")
+        digest = hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.method.name}-{digest}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results_dir) / self.study / self.run_id
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: key {key!r} must be a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(v, inner, key, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: key {key!r} must be a table, got {value!r}")
+        return dict(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is typing.Any or (isinstance(tp, type) and isinstance(value, tp)
+                            and not (tp is int and isinstance(value, bool))):
+        return value
+    raise ConfigError(f"{where}: key {key!r} must be of type {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """Build ``cls`` from a plain dict, rejecting unknown keys and bad values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: key {prefix.rstrip('.') or '(top)'!r} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"allowed in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key, tp, meta = prefix + name, hints[name], fields[name].metadata
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, where, key + ".")
+            continue
+        value = _check_type(value, tp, key, where)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{where}: bad value {value!r} for key {key!r}; allowed: "
+                              f"{', '.join(map(repr, meta['choices']))}")
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            raise ConfigError(f"{where}: bad value {value!r} for key {key!r}; allowed: >= {meta['minimum']}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def validate(config: RunConfig, where: str) -> RunConfig:
+    """Cross-field checks that need the registries (method name and options, task names)."""
+    from bench.tasks import TASKS
+
+    try:
+        methods.build(config.method.name, config.method.options)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
+    unknown = [t for t in config.tasks.names if t not in TASKS]
+    if unknown or not config.tasks.names:
+        raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
+                          f"allowed: a non-empty list of {', '.join(TASKS)}")
+    if config.eval.limit > config.tasks.test_size:
+        raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
+                          f"{config.tasks.test_size}")
+    return config
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; tables merge, everything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else v
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a run config file (no ``[grid]`` table), apply overrides, validate."""
+    data = read_toml(path)
+    if "grid" in data:
+        raise ConfigError(f"{path}: has a [grid] table: run it with 'isobench grid {path}'")
+    data = merge(data, overrides or {})
+    return validate(from_dict(RunConfig, data, str(path)), str(path))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``train.lr=1e-4`` -> ``{"train": {"lr": 0.0001}}`` (the value is parsed as TOML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = value
+    for part in reversed(key.strip().split(".")):
+        out = {part: out}
+    return out

@@ -1,0 +1,101 @@
+"""Training data: tokenized rows, the seeded batch stream of a stage, collation and the loss.
+
+The loss is the summed next-token NLL over answer tokens (target + end-of-text), divided by the
+number of answer tokens in the whole optimizer step: batch 4 x accumulation 1 and batch 1 x
+accumulation 4 therefore optimize the same quantity.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from bench.tasks.base import Row
+
+IGNORE = -100
+Feature = tuple[list[int], list[int]]  # (input_ids, labels)
+
+
+def encode(row: Row, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Feature:
+    """Prompt tokens (label -100), then " target" and end-of-text (labelled); the prompt is cut
+    from the left when the row is longer than ``max_length``."""
+    prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" " + row["target"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = answer[:max_length - 1]
+    prompt = prompt[-(max_length - len(answer)):]
+    return prompt + answer, [IGNORE] * len(prompt) + answer
+
+
+def collate(features: Sequence[Feature], pad_id: int, on: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row of this micro-batch (dynamic padding)."""
+    width = max(len(ids) for ids, _ in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, (x, y) in enumerate(features):
+        ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids.to(on), "attention_mask": mask.to(on), "labels": labels.to(on)}
+
+
+def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def summed_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token NLL over the labelled (answer) positions of ``batch``."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum")
+
+
+def mean_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return summed_nll(model, batch) / max(answer_tokens(batch), 1)
+
+
+class Stream:
+    """Infinite, seeded order over a stage's rows: reshuffled each epoch; ``balanced`` draws
+    tasks in turn so each contributes equally, ``proportional`` mixes all rows."""
+
+    def __init__(self, rows: dict[str, list[Feature]], seed: int | str, balanced: bool) -> None:
+        self.rows, self.rng, self.balanced = rows, random.Random(seed), balanced
+        self.tasks = list(rows)
+
+    def _epochs(self, items: list[Feature]) -> Iterator[Feature]:
+        while True:
+            order = list(range(len(items)))
+            self.rng.shuffle(order)
+            yield from (items[i] for i in order)
+
+    def __iter__(self) -> Iterator[Feature]:
+        if not self.balanced or len(self.tasks) == 1:
+            yield from self._epochs([f for t in self.tasks for f in self.rows[t]])
+        its = [self._epochs(self.rows[t]) for t in self.tasks]
+        while True:
+            for it in its:
+                yield next(it)
+
+
+class StageData:
+    """What a method sees of a stage (``methods.base.StageData``): fresh seeded batches of the
+    stage's mix or of one task, and the loop's own loss."""
+
+    def __init__(self, stage: int, rows: dict[str, list[Feature]], batch_size: int, pad_id: int,
+                 on: torch.device, seed: int, balanced: bool) -> None:
+        self.stage, self.tasks, self.rows = stage, list(rows), rows
+        self.batch_size, self.pad_id, self.on = batch_size, pad_id, on
+        self.seed, self.balanced = seed, balanced
+
+    def batches(self, n: int, task: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        rows = self.rows if task is None else {task: self.rows[task]}
+        stream = iter(Stream(rows, f"{self.seed}:{self.stage}:{task}:calibration", self.balanced))
+        for _ in range(n):
+            yield collate([next(stream) for _ in range(self.batch_size)], self.pad_id, self.on)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_nll(model, batch)

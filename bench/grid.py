@@ -1,0 +1,93 @@
+"""Grid files: a run config (defaults + overrides) plus a ``[grid]`` table of sweep axes.
+
+Expansion is plain, deterministic Python: backbones x regimes x methods x (each method's own
+option lists, crossed only with that method) x seeds. The same cell always resolves to the same
+config and therefore the same run id.
+
+    [grid]
+    seeds = [0, 1]
+    methods = ["full_sft", "epi"]
+    backbones = ["tiny-llama"]          # default: the file's backbone.name
+    regimes = ["sequential"]            # default: the file's regime
+    max_concurrent_trials = 2           # default: as many as resources allow
+    resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
+    [grid.method_options.epi]
+    rho = [0.01, 0.05]                  # a list = an axis; a scalar = a fixed option
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+from bench.config import ConfigError, RunConfig, from_dict, merge, read_toml, validate
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    methods: list[str] = dataclasses.field(default_factory=list)
+    backbones: list[str] = dataclasses.field(default_factory=list)
+    regimes: list[str] = dataclasses.field(default_factory=list)
+    method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    max_concurrent_trials: int = 0
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    path: Path
+    spec: GridSpec
+    cells: list[RunConfig]
+
+    @property
+    def study_dir(self) -> Path:
+        first = self.cells[0]
+        return Path(first.results_dir) / first.study
+
+
+def _option_axes(options: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = sorted(options)
+    axes = [options[k] if isinstance(options[k], list) else [options[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
+    """Read and expand a grid file; every cell is validated before anything runs."""
+    where = str(path)
+    data = merge(read_toml(path), overrides or {})
+    spec_data = data.pop("grid", {})
+    spec = from_dict(GridSpec, spec_data, where, "grid.")
+    base = from_dict(RunConfig, data, where)
+    for m in spec.method_options:
+        if spec.methods and m not in spec.methods:
+            raise ConfigError(f"{where}: key 'grid.method_options.{m}': {m!r} is not in grid.methods "
+                              f"({', '.join(spec.methods)})")
+    unknown_res = sorted(set(spec.resources) - {"cpu", "gpu"})
+    if unknown_res:
+        raise ConfigError(f"{where}: unknown key(s) grid.resources.{', '.join(unknown_res)}; allowed: cpu, gpu")
+    cells = []
+    for backbone, regime, method, seed in itertools.product(
+            spec.backbones or [base.backbone.name], spec.regimes or [base.regime],
+            spec.methods or [base.method.name], spec.seeds or [base.seed]):
+        for options in _option_axes(spec.method_options.get(method, {})):
+            cell = {"backbone": {"name": backbone}, "regime": regime, "seed": seed,
+                    "method": {"name": method, "options": {**(base.method.options if method == base.method.name else {}),
+                                                           **options}}}
+            config = from_dict(RunConfig, merge(data, cell), where)
+            cells.append(validate(config, where))
+    ids = [c.run_id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: the grid expands to duplicate cells (same resolved config twice)")
+    return Grid(Path(path), spec, cells)
+
+
+def load_cells(path: str | Path, overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+    """The cells of a grid file, or the single run of a plain run file."""
+    if "grid" in read_toml(path):
+        return load_grid(path, overrides).cells
+    from bench.config import load_run_config
+
+    return [load_run_config(path, overrides)]

@@ -1,0 +1,40 @@
+"""Task registry and the materialized suite of a run (rows + lm-eval task files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from bench.tasks.base import Row, Task
+from bench.tasks.lm_eval_files import write_task_files
+from bench.tasks.offline import OFFLINE_TASKS
+
+TASKS: dict[str, Task] = {t.name: t for t in OFFLINE_TASKS}
+
+
+@dataclasses.dataclass
+class Suite:
+    """The rows of a run's tasks, with the folder holding their lm-eval YAML files."""
+
+    tasks: list[Task]
+    train: dict[str, list[Row]]
+    test: dict[str, list[Row]]
+    lm_eval_dir: Path
+
+    def chance(self) -> dict[str, float]:
+        return {t.name: t.chance(self.test[t.name]) for t in self.tasks}
+
+
+def build_suite(names: list[str], seed: int, train_size: int, test_size: int, root: Path,
+                max_gen_toks: int) -> Suite:
+    """Generate (deterministically) and write the suite under ``root/<content hash>/``."""
+    key = json.dumps([names, seed, train_size, test_size, max_gen_toks]).encode()
+    folder = root / hashlib.sha1(key).hexdigest()[:10]
+    tasks = [TASKS[n] for n in names]
+    train, test = {}, {}
+    for task in tasks:
+        train[task.name], test[task.name] = task.generate(seed, train_size, test_size)
+        write_task_files(task, train[task.name], test[task.name], folder, max_gen_toks)
+    return Suite(tasks, train, test, folder / "lm_eval")

@@ -1,0 +1,157 @@
+"""Base class of the isolation methods: hold an ``IsolatedSet``, keep it bit-exact, log drift.
+
+Subclasses decide *which* entries to isolate and *when* (``static_isolation``, ``epi``,
+``random_isolation``); they call ``self.isolate(index, ...)`` and this class does the rest:
+zero isolated gradients before clipping, restore frozen values after every optimizer step,
+optionally clear the Adam moments of entries that become isolated, and record one drift event
+per mask change (density, entries per layer, Jaccard with the previous and the first mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import Method, MethodConfig
+from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """``model.layers.3.mlp.up_proj.weight`` -> ``3``; non-layer tensors keep their last parts."""
+    m = _LAYER.search(name)
+    return m.group(1) if m else ".".join(name.split(".")[-2:])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class IsolationConfig(MethodConfig):
+    """Options every isolation method shares."""
+
+    rho: float = dataclasses.field(default=0.01, metadata={"help": "fraction of eligible entries isolated"})
+    eligible: tuple[str, ...] = dataclasses.field(
+        default=(), metadata={"help": "regexes of parameter names that may be isolated; empty = all 2-D weights"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eligible", tuple(self.eligible))
+        self.check(0.0 <= self.rho <= 1.0, "rho", "a fraction in [0, 1]")
+        for p in self.eligible:
+            try:
+                re.compile(p)
+            except re.error:
+                self.check(False, "eligible", "a list of valid regular expressions")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefreshConfig(IsolationConfig):
+    """Options of methods that re-select their mask during training (epi, random_isolation)."""
+
+    refresh_every: int = dataclasses.field(default=50, metadata={"help": "optimizer steps between mask refreshes"})
+    warmup_steps: int | None = dataclasses.field(
+        default=None, metadata={"help": "steps before the first mask (None = refresh_every)"})
+    max_refreshes: int = dataclasses.field(
+        default=0, metadata={"help": "stop refreshing after this many masks (0 = never stop)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(isinstance(self.refresh_every, int) and self.refresh_every > 0, "refresh_every", "an integer > 0")
+        self.check(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
+                   "warmup_steps", "None or an integer >= 0")
+        self.check(isinstance(self.max_refreshes, int) and self.max_refreshes >= 0, "max_refreshes", "an integer >= 0")
+
+    def refresh_due(self, steps_done: int, refreshes_done: int) -> bool:
+        """True after ``steps_done`` optimizer steps when a new mask is due."""
+        warmup = self.refresh_every if self.warmup_steps is None else self.warmup_steps
+        if self.max_refreshes and refreshes_done >= self.max_refreshes:
+            return False
+        return steps_done >= warmup and (steps_done - warmup) % self.refresh_every == 0
+
+
+class IsolationMethod(Method):
+    """Keeps isolated entries bit-identical; subclasses choose the mask."""
+
+    config: IsolationConfig
+
+    def __init__(self, config: IsolationConfig) -> None:
+        super().__init__(config)
+        self.isolated: IsolatedSet | None = None
+        self.first: dict[str, torch.Tensor] | None = None
+        self.refreshes = 0
+        self.stage = 0
+        self.events: list[dict[str, Any]] = []
+        self.last_event: dict[str, Any] = {}
+
+    # -- hooks shared by every isolation method ---------------------------------------------------
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.params = eligible_parameters(model, self.config.eligible)
+        self.isolated = IsolatedSet(self.params)
+        self.eligible_count = sum(p.numel() for p in self.params.values())
+        self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return model
+
+    def after_backward(self, step: int, model: nn.Module) -> None:
+        self.isolated.zero_grads()
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.isolated.restore()
+
+    def on_stage_start(self, stage: int, data: Any) -> None:
+        self.stage = stage
+
+    # -- for subclasses ---------------------------------------------------------------------------
+    def isolate(self, index: dict[str, torch.Tensor], step: int,
+                optimizer: torch.optim.Optimizer | None = None, reset_keys: tuple[str, ...] = ()) -> None:
+        """Make ``index`` the isolated set and record a drift event."""
+        previous = dict(self.isolated.index)
+        added = self.isolated.assign(index)
+        if optimizer is not None and reset_keys:
+            for name, idx in added.items():
+                clear_moments(optimizer, self.params[name], idx, reset_keys)
+        current = self.isolated.index
+        if self.first is None:
+            self.first = {n: i.clone() for n, i in current.items()}
+        per_layer: Counter[str] = Counter()
+        for name, idx in current.items():
+            per_layer[layer_of(name)] += idx.numel()
+        count = self.isolated.count()
+        self.refreshes += 1
+        self.last_event = {
+            "refresh": self.refreshes, "step": step, "stage": self.stage, "isolated": count,
+            "density": count / max(self.eligible_count, 1),
+            "added": sum(a.numel() for a in added.values()),
+            "jaccard_prev": jaccard(previous, current) if self.refreshes > 1 else None,
+            "jaccard_first": jaccard(self.first, current),
+            "per_layer": dict(sorted(per_layer.items())),
+        }
+        self.events.append(self.last_event)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def isolation_masks(self) -> dict[str, torch.Tensor]:
+        return self.isolated.masks() if self.isolated is not None else {}
+
+    def stats(self) -> dict[str, float]:
+        count = self.isolated.count() if self.isolated is not None else 0
+        out = {"isolated": float(count), "density": count / max(getattr(self, "eligible_count", 1), 1),
+               "trainable": float(getattr(self, "trainable_total", 0) - count),
+               "refreshes": float(self.refreshes)}
+        if self.last_event.get("jaccard_prev") is not None:
+            out["jaccard_prev"] = float(self.last_event["jaccard_prev"])
+        return out
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"isolated": self.isolated.state_dict(), "first": self.first,
+                "refreshes": self.refreshes, "stage": self.stage, "last_event": self.last_event}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.isolated.load_state_dict(state["isolated"])
+        self.first, self.refreshes = state["first"], state["refreshes"]
+        self.stage, self.last_event = state["stage"], state["last_event"]

@@ -1,0 +1,48 @@
+"""Random isolation (control): EPI's rho and refresh schedule with a uniformly random mask.
+
+It answers "does the importance signal matter at all?": if EPI beats it, the gradient signal,
+not the mere act of freezing a changing 1% of entries, is what helps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.isolation import IsolationMethod, RefreshConfig
+from methods.masks import select_top_fraction
+from methods.registry import register
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RandomIsolationConfig(RefreshConfig):
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the mask generator"})
+
+
+@register("random_isolation")
+class RandomIsolation(IsolationMethod):
+    Config = RandomIsolationConfig
+    config: RandomIsolationConfig
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = super().prepare(model)
+        device = next(iter(self.params.values())).device
+        self.generator = torch.Generator(device=device).manual_seed(self.config.seed)
+        return model
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().after_step(step, model, optimizer)
+        if self.config.refresh_due(step + 1, self.refreshes):
+            scores = {n: torch.rand(p.shape, generator=self.generator, device=p.device)
+                      for n, p in self.params.items()}
+            self.isolate(select_top_fraction(scores, self.config.rho, normalize=False), step + 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,116 @@
+"""Static isolation (CPI-FT style): estimate importance once, isolate the top-rho entries for the
+rest of training.
+
+Importance sources:
+- ``gradient``: mean of g^2 over ``calibration_batches`` batches of the stage's training mix at
+  the starting weights; no update is made.
+- ``probe``: CPI-FT core regions. Per task, a copy of the model is fine-tuned for ``probe_steps``
+  steps on that task alone; importance = |theta_probe - theta_0|; the global top-rho of each task
+  is taken and the union over tasks isolated. The trained model is never touched by a probe.
+
+With ``accumulate_per_stage`` (sequential regime) every finished stage's core region, estimated
+at the end of that stage on that stage's data, is added to the isolated set.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from methods.base import StageData
+from methods.isolation import IsolationConfig, IsolationMethod
+from methods.masks import select_top_fraction
+from methods.registry import register
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StaticIsolationConfig(IsolationConfig):
+    source: str = dataclasses.field(default="gradient", metadata={"help": "gradient | probe"})
+    calibration_batches: int = dataclasses.field(default=8, metadata={"help": "batches for the gradient source"})
+    probe_steps: int = dataclasses.field(default=20, metadata={"help": "fine-tuning steps per task probe"})
+    probe_lr: float = dataclasses.field(default=1e-4, metadata={"help": "probe AdamW learning rate"})
+    normalize: str = dataclasses.field(default="layer_minmax", metadata={"help": "layer_minmax | none"})
+    accumulate_per_stage: bool = dataclasses.field(
+        default=False, metadata={"help": "add each finished stage's core region to the isolated set"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check(self.source in ("gradient", "probe"), "source", "'gradient' or 'probe'")
+        self.check(self.normalize in ("layer_minmax", "none"), "normalize", "'layer_minmax' or 'none'")
+        self.check(self.calibration_batches > 0, "calibration_batches", "an integer > 0")
+        self.check(self.probe_steps > 0, "probe_steps", "an integer > 0")
+        self.check(self.probe_lr > 0, "probe_lr", "a number > 0")
+
+
+@register("static_isolation")
+class StaticIsolation(IsolationMethod):
+    Config = StaticIsolationConfig
+    config: StaticIsolationConfig
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.model = model
+        self.steps_done = 0
+        return super().prepare(model)
+
+    def on_stage_start(self, stage: int, data: StageData) -> None:
+        super().on_stage_start(stage, data)
+        self.data = data
+        if self.refreshes == 0:
+            self.isolate(self.core_region(data), self.steps_done)
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().after_step(step, model, optimizer)
+        self.steps_done = step + 1
+
+    def on_stage_end(self, stage: int, model: nn.Module) -> None:
+        if self.config.accumulate_per_stage:
+            core = self.core_region(self.data)
+            union = {n: torch.unique(torch.cat([self.isolated.index[n], core[n]])) for n in core}
+            self.isolate(union, self.steps_done)
+
+    def core_region(self, data: StageData) -> dict[str, torch.Tensor]:
+        """Flat indices of the entries to isolate for ``data``."""
+        normalize = self.config.normalize == "layer_minmax"
+        if self.config.source == "gradient":
+            return select_top_fraction(self.importance(data), self.config.rho, normalize=normalize)
+        union: dict[str, torch.Tensor] = {}
+        for task in data.tasks:
+            core = select_top_fraction(self.probe(data, task), self.config.rho, normalize=normalize)
+            union = {n: torch.unique(torch.cat([union[n], i])) if n in union else i for n, i in core.items()}
+        return union
+
+    def importance(self, data: StageData) -> dict[str, torch.Tensor]:
+        """Mean g^2 over the calibration batches at the current weights (no update)."""
+        scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
+        self.model.zero_grad(set_to_none=True)
+        for batch in data.batches(self.config.calibration_batches):
+            data.loss(self.model, batch).backward()
+            for n, p in self.params.items():
+                if p.grad is not None:
+                    scores[n].addcmul_(p.grad, p.grad, value=1.0 / self.config.calibration_batches)
+            self.model.zero_grad(set_to_none=True)
+        return scores
+
+    def probe(self, data: StageData, task: str) -> dict[str, torch.Tensor]:
+        """|theta_probe - theta_0| after a short fine-tune of a copy on ``task`` alone."""
+        probe = copy.deepcopy(self.model)
+        probe.zero_grad(set_to_none=True)
+        optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad],
+                                      lr=self.config.probe_lr, weight_decay=0.0)
+        for batch in data.batches(self.config.probe_steps, task=task):
+            data.loss(probe, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        probed = dict(probe.named_parameters())
+        return {n: (probed[n].detach() - p.detach()).abs().float() for n, p in self.params.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.steps_done = state["steps_done"]
