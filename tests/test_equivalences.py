@@ -1,0 +1,93 @@
+"""Equivalences between methods and between batch layouts (DESIGN section 11)."""
+
+from __future__ import annotations
+
+import torch
+
+from methods.masks import select_top_fraction
+from methods.static_isolation import StaticIsolation
+from tests.harness import Harness
+
+
+def max_diff(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def test_static_isolation_with_rho_zero_equals_full_sft():
+    assert Harness("static_isolation", {"rho": 0.0}).steps(6) == Harness("full_sft").steps(6)
+
+
+def test_epi_that_never_refreshes_equals_full_sft():
+    assert Harness("epi", {"warmup_steps": 100}).steps(6) == Harness("full_sft").steps(6)
+
+
+def test_epi_differs_from_full_sft_once_it_isolates():
+    assert Harness("epi", {"refresh_every": 2, "rho": 0.2}).steps(6) != Harness("full_sft").steps(6)
+
+
+def test_epi_with_frozen_first_mask_equals_static_fed_the_same_importance():
+    epi = Harness("epi", {"warmup_steps": 3, "max_refreshes": 1, "rho": 0.05})
+    epi.steps(2)
+    before_mask = epi.snapshot()  # weights and optimizer just before the step that ends warm-up
+    epi.step()
+    importance = {n: t.clone() for n, t in epi.method.ema.items()}
+    mask = {n: i.clone() for n, i in epi.method.isolated.index.items()}
+    expected = epi.steps(6)
+
+    class Fed(StaticIsolation):
+        def importance(self, data):  # noqa: ANN001, ANN202 - the test feeds EPI's importance
+            return importance
+
+    static = Harness("full_sft")
+    static.restore({**before_mask, "method": {}})
+    static.step()  # the same warm-up step, no isolation yet
+    fed = Fed(Fed.Config(rho=0.05))
+    fed.prepare(static.model)
+    fed.on_stage_start(0, static.data)
+    static.trainer.method = static.method = fed
+    assert all(torch.equal(mask[n], fed.isolated.index[n]) for n in mask)
+    assert static.steps(6) == expected
+
+
+def test_adam_v_and_ema_select_the_same_first_mask():
+    options = {"warmup_steps": 4, "max_refreshes": 1, "rho": 0.05, "beta": 0.999}
+    ema = Harness("epi", {**options, "importance": "ema"}, max_grad_norm=0.0)
+    adam_v = Harness("epi", {**options, "importance": "adam_v"}, max_grad_norm=0.0)
+    ema.steps(4)
+    adam_v.steps(4)
+    a, b = ema.method.isolated.index, adam_v.method.isolated.index
+    assert sum(i.numel() for i in a.values()) > 0
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_adam_v_keeps_no_per_parameter_state():
+    assert Harness("epi", {"importance": "adam_v"}).method.ema == {}
+
+
+def test_static_importance_does_not_update_the_model():
+    h = Harness("full_sft")
+    before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
+    s = StaticIsolation(StaticIsolation.Config(source="probe", probe_steps=3, rho=0.05))
+    s.prepare(h.model)
+    s.on_stage_start(0, h.data)
+    assert s.isolated.count() > 0
+    for n, p in h.model.named_parameters():
+        assert torch.equal(p, before[n]), n
+        assert p.grad is None
+
+
+def test_probe_union_covers_every_task():
+    h = Harness("full_sft", tasks=("arithmetic", "format", "program"))
+    s = StaticIsolation(StaticIsolation.Config(source="probe", probe_steps=2, rho=0.02))
+    s.prepare(h.model)
+    per_task = [select_top_fraction(s.probe(h.data, t), 0.02) for t in h.data.tasks]
+    s.on_stage_start(0, h.data)
+    for core in per_task:
+        for n, idx in core.items():
+            assert torch.isin(idx, s.isolated.index[n]).all()
+
+
+def test_batch_4_x_accum_1_equals_batch_1_x_accum_4():
+    a = Harness("full_sft", batch_size=4, grad_accum=1)
+    b = Harness("full_sft", batch_size=4, grad_accum=4)
+    assert max_diff(a.steps(8), b.steps(8)) < 1e-5
