@@ -42,6 +42,46 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "success" else 1
 
 
+def cmd_grid(args: argparse.Namespace) -> int:
+    from bench.config import ConfigError
+    from bench.grid import load_grid
+    from bench.ray_grid import describe, run_grid
+
+    try:
+        grid = load_grid(args.config, _overrides(args.set))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"{len(grid.cells)} cells -> {grid.study_dir}")
+        print("\n".join(describe(grid)))
+        return 0
+    counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed)
+    print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
+          f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
+    if counts["failed"]:
+        for c in grid.cells:
+            from bench.results import read_result
+
+            r = read_result(c.run_dir) or {}
+            if r.get("status") == "failed":
+                e = r.get("error") or {}
+                print(f"  failed {c.run_id}: {e.get('type')}: {e.get('message')} (step {e.get('step')})")
+    return 0 if counts["failed"] == 0 and counts["missing"] == 0 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import report
+
+    split = (lambda text: [x for x in text.split(",") if x] if text else None)  # noqa: E731
+    try:
+        print(report(args.study, methods=split(args.methods), tasks=split(args.tasks)))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import methods
 
@@ -63,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
     p.add_argument("--force", action="store_true", help="rerun even if a successful result exists")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("grid", help="run a grid file's cells on Ray Tune (resumable)")
+    p.add_argument("config")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded cells and resources, run nothing")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--retry-failed", action="store_true", help="re-run only the cells whose result says failed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
+    p.set_defaults(fn=cmd_grid)
+    p = sub.add_parser("report", help="tables and plots of a study from its result files alone")
+    p.add_argument("study", help="results/<study>")
+    p.add_argument("--methods", default="", help="row order, comma-separated (default: a fixed order)")
+    p.add_argument("--tasks", default="", help="column order, comma-separated (default: the config's)")
+    p.set_defaults(fn=cmd_report)
     p = sub.add_parser("methods", help="list registered methods and their options")
     p.set_defaults(fn=cmd_methods)
     args = parser.parse_args(argv)

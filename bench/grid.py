@@ -13,16 +13,19 @@ config and therefore the same run id.
     resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
     [grid.method_options.epi]
     rho = [0.01, 0.05]                  # a list = an axis; a scalar = a fixed option
+    [grid.axes]
+    "train.lr" = [1e-3, 3e-4]           # any dotted config key, crossed with everything
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, from_dict, merge, read_toml, validate
+from bench.config import ConfigError, RunConfig, from_dict, merge, parse_override, read_toml, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,7 @@ class GridSpec:
     backbones: list[str] = dataclasses.field(default_factory=list)
     regimes: list[str] = dataclasses.field(default_factory=list)
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_concurrent_trials: int = 0
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -69,13 +73,15 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     if unknown_res:
         raise ConfigError(f"{where}: unknown key(s) grid.resources.{', '.join(unknown_res)}; allowed: cpu, gpu")
     cells = []
-    for backbone, regime, method, seed in itertools.product(
+    for backbone, regime, method, axes, seed in itertools.product(
             spec.backbones or [base.backbone.name], spec.regimes or [base.regime],
-            spec.methods or [base.method.name], spec.seeds or [base.seed]):
+            spec.methods or [base.method.name], _option_axes(spec.axes), spec.seeds or [base.seed]):
         for options in _option_axes(spec.method_options.get(method, {})):
-            cell = {"backbone": {"name": backbone}, "regime": regime, "seed": seed,
-                    "method": {"name": method, "options": {**(base.method.options if method == base.method.name else {}),
-                                                           **options}}}
+            cell: dict[str, Any] = {"backbone": {"name": backbone}, "regime": regime, "seed": seed,
+                                    "method": {"name": method, "options": {
+                                        **(base.method.options if method == base.method.name else {}), **options}}}
+            for key, value in axes.items():
+                cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
             config = from_dict(RunConfig, merge(data, cell), where)
             cells.append(validate(config, where))
     ids = [c.run_id for c in cells]

@@ -1,0 +1,189 @@
+"""Run a grid's cells as Ray Tune trials: resources per trial, resume, failure isolation.
+
+- Each invocation expands the grid and schedules only the cells still to do (no result.json
+  with ``status == "success"``; with ``retry_failed`` only the failed ones), so re-running the
+  same command after a crash, Ctrl-C or ``kill -9`` finishes exactly the missing cells.
+- A trial writes its own ``result.json`` atomically (``bench.run.execute``); a trial whose
+  process dies without one is recorded as failed here, from Ray's error.
+- Resources: 1 GPU per trial when GPUs are visible, else 1 CPU (``[grid] resources`` overrides);
+  torch threads = CPUs of the trial, so CPU trials do not oversubscribe cores.
+- ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started
+  in a study-specific temp dir, and Ray processes orphaned there by a killed driver are reaped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import results as res
+from bench.config import RunConfig, from_dict, to_dict
+from bench.grid import Grid
+
+
+def cell_status(config: RunConfig) -> str:
+    result = res.read_result(config.run_dir)
+    return "missing" if result is None else str(result.get("status"))
+
+
+def resources(grid: Grid) -> dict[str, float]:
+    if grid.spec.resources:
+        return {k: float(v) for k, v in grid.spec.resources.items()}
+    import torch
+
+    return {"gpu": 1.0, "cpu": 1.0} if torch.cuda.is_available() else {"cpu": 1.0}
+
+
+def describe(grid: Grid) -> list[str]:
+    """One line per cell (for ``--dry-run`` and logs)."""
+    res_text = ", ".join(f"{k}={v:g}" for k, v in resources(grid).items())
+    lines = []
+    for i, c in enumerate(grid.cells):
+        opts = ",".join(f"{k}={v}" for k, v in sorted(c.method.options.items())) or "-"
+        lines.append(f"{i:3d} {c.run_id:28s} {cell_status(c):8s} {c.backbone.name:20s} {c.regime:10s} "
+                     f"{c.method.name:17s} seed={c.seed} opts={opts} [{res_text}]")
+    return lines
+
+
+def _trial(space: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one cell."""
+    import torch
+    from ray import tune
+
+    from bench.run import execute
+
+    torch.set_num_threads(max(1, int(space["threads"])))
+    config = from_dict(RunConfig, space["cell"], "<grid cell>")
+    result = execute(config, progress=False)
+    tune.report({"status_success": float(result["status"] == "success")})
+
+
+def _ray_temp_dir(study_dir: Path) -> Path:
+    digest = hashlib.sha1(str(study_dir.resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"isobench-ray-{digest}"
+
+
+def reap(temp_dir: Path) -> int:
+    """Kill Ray processes left running under ``temp_dir`` (by a driver that was killed)."""
+    import psutil
+
+    killed = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != os.getpid() and str(temp_dir) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+                killed += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return killed
+
+
+class _Progress:
+    """Prints 'done / running / failed' as trials finish."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.failed, self.started = total, 0, 0, time.time()
+
+    def line(self, running: int) -> None:
+        print(f"[grid] {self.done}/{self.total} done, {running} running, {self.failed} failed, "
+              f"{time.time() - self.started:.0f}s", file=sys.stderr, flush=True)
+
+
+def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False) -> dict[str, int]:
+    """Run the cells still to do; returns counts of cell statuses after the run."""
+    import ray
+    from ray import tune
+
+    write_manifest(grid)
+    wanted = "failed" if retry_failed else "missing"
+    todo = [c for c in grid.cells if (cell_status(c) == wanted) or (not retry_failed and cell_status(c) == "running")]
+    counts = {"total": len(grid.cells), "scheduled": len(todo)}
+    if not todo:
+        print(f"[grid] nothing to run: {len(grid.cells)} cells, none {wanted}", file=sys.stderr)
+        return {**counts, **summarize(grid)}
+    study_dir = grid.study_dir.resolve()
+    per_trial = resources(grid)
+    address = address or os.environ.get("RAY_ADDRESS")
+    temp_dir = _ray_temp_dir(study_dir)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        reap(temp_dir)
+        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), log_to_driver=False,
+                 runtime_env={"env_vars": {"TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"}})
+    progress = _Progress(len(todo))
+
+    class Callback(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
+            progress.done += 1
+            progress.line(sum(t.status == "RUNNING" and t is not trial for t in trials))
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
+            progress.done += 1
+            progress.failed += 1
+            progress.line(sum(t.status == "RUNNING" and t is not trial for t in trials))
+
+    cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
+    try:
+        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {per_trial} per trial", file=sys.stderr)
+        tuner = tune.Tuner(
+            tune.with_resources(_trial, per_trial),
+            param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None),
+            run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str(study_dir / ".ray"), verbose=0, callbacks=[Callback()],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        outcome = tuner.fit()
+        for r in outcome:
+            if r.error is not None:
+                cell = from_dict(RunConfig, r.config["cell"], "<grid cell>")
+                if cell_status(cell) != "failed":
+                    _record_crash(cell, r.error)
+    finally:
+        ray.shutdown()
+        if not address:
+            reap(temp_dir)
+    return {**counts, **summarize(grid)}
+
+
+def _record_crash(config: RunConfig, error: BaseException) -> None:
+    """A trial died without writing its result (e.g. killed for memory): record it as failed."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    res.write_result(config.run_dir, {
+        "run_id": config.run_id, "status": "failed", "config": to_dict(config), "method": config.method.name,
+        "regime": config.regime, "backbone": config.backbone.name, "seed": config.seed,
+        "tasks": list(config.tasks.names), "stages": [],
+        "error": {"type": type(error).__name__, "message": str(error)[-2000:], "step": None}})
+
+
+def write_manifest(grid: Grid) -> None:
+    """``<study>/grid.json``: every cell the study expects, so a report can show missing ones
+    (merged with cells of other grid files writing to the same study)."""
+    import json
+
+    path = grid.study_dir / "grid.json"
+    cells = {}
+    if path.is_file():
+        cells = {c["run_id"]: c for c in json.loads(path.read_text())["cells"]}
+    for c in grid.cells:
+        cells[c.run_id] = {"run_id": c.run_id, "method": c.method.name, "backbone": c.backbone.name,
+                           "regime": c.regime, "seed": c.seed, "options": c.method.options}
+    grid.study_dir.mkdir(parents=True, exist_ok=True)
+    res.atomic_write(path, json.dumps({"cells": sorted(cells.values(), key=lambda c: c["run_id"])},
+                                      indent=2, sort_keys=True) + "\n")
+
+
+def summarize(grid: Grid) -> dict[str, int]:
+    out = {"success": 0, "failed": 0, "missing": 0}
+    for c in grid.cells:
+        s = cell_status(c)
+        out[s if s in out else "missing"] += 1
+    return out

@@ -1,0 +1,96 @@
+"""Metric definitions, once, as pure functions (none mutates its input).
+
+Scores are 0-100 (accuracy or exact match). ``A[k][j]`` is the score of task ``j`` after
+stage ``k`` of the sequential regime (stage ``j`` trains task ``j``; ``T`` stages).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+Matrix = Sequence[Sequence[float]]
+
+
+def normalized_score(score: float, chance: float, best: float) -> float | None:
+    """``100 * (score - chance) / (best - chance)``: 0 = chance, 100 = the best score any method
+    reached on this task for this backbone; None when ``best <= chance`` (nothing to normalize by).
+    Negative when below chance."""
+    if best - chance <= 1e-12:
+        return None
+    return 100.0 * (score - chance) / (best - chance)
+
+
+def average_normalized(scores: dict[str, float], chance: dict[str, float], best: dict[str, float]) -> float | None:
+    """Avg. Norm.: mean of ``normalized_score`` over tasks where it is defined (None if none)."""
+    values = [normalized_score(scores[t], chance[t], best[t]) for t in scores]
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def forgetting(A: Matrix) -> list[float]:
+    """Per-task forgetting ``F_j = max_{k<T-1} A[k][j] - A[T-1][j]`` for tasks ``j < T-1``
+    (the last task cannot have been forgotten yet). Positive = the final model is worse than the
+    best earlier one; negative = the task kept improving after its stage (positive transfer
+    that even beats every earlier checkpoint)."""
+    T = len(A)
+    return [max(A[k][j] for k in range(T - 1)) - A[T - 1][j] for j in range(T - 1)]
+
+
+def average_forgetting(A: Matrix) -> float | None:
+    """Mean of ``forgetting(A)``; None with fewer than 2 stages."""
+    f = forgetting(A)
+    return sum(f) / len(f) if f else None
+
+
+def backward_transfer(A: Matrix) -> float | None:
+    """``BWT = mean_{j<T-1} (A[T-1][j] - A[j][j])``: negative = forgetting, positive = later
+    stages helped earlier tasks. None with fewer than 2 stages."""
+    T = len(A)
+    if T < 2:
+        return None
+    return sum(A[T - 1][j] - A[j][j] for j in range(T - 1)) / (T - 1)
+
+
+def change_vs_base(final: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """Retention vs the untrained model, per task: ``final - base`` in score points
+    (negative = the fine-tuned model lost ability the base model had)."""
+    return {t: final[t] - base[t] for t in final}
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation with n-1, n); std is None for n < 2, both None for n = 0."""
+    n = len(values)
+    if n == 0:
+        return None, None, 0
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
+
+
+def paired_test(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
+    """Two-sided paired t-test over the seeds both methods have (``{seed: value}``).
+
+    Returns mean difference a - b, n pairs, t and p; with fewer than 2 pairs (or zero variance
+    of the differences) the p-value is the string "n/a": never a made-up number."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [a[s] - b[s] for s in seeds]
+    out: dict[str, Any] = {"n": len(seeds), "mean_diff": sum(diffs) / len(diffs) if diffs else None,
+                           "t": "n/a", "p": "n/a", "test": "paired t-test (two-sided)"}
+    if len(seeds) < 2 or mean_std(diffs)[1] in (None, 0.0):
+        return out
+    from scipy import stats
+
+    t, p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
+    out.update(t=float(t), p=float(p))
+    return out
+
+
+def drift_series(events: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """From a run's mask events (``masks.jsonl``): steps, Jaccard with the previous mask and
+    with the first mask, and density, in refresh order."""
+    ordered = sorted(events, key=lambda e: e["refresh"])
+    return {"step": [e["step"] for e in ordered], "jaccard_prev": [e.get("jaccard_prev") for e in ordered],
+            "jaccard_first": [e.get("jaccard_first") for e in ordered], "density": [e["density"] for e in ordered]}

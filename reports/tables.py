@@ -1,0 +1,229 @@
+"""Paper-style tables from loaded runs, rendered with tabulate as Markdown (github), LaTeX
+(booktabs) and CSV. Cells are ``mean ± std`` over seeds; the best mean per column is bold;
+failed and missing runs are counted in the ``runs`` column, never averaged in."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from tabulate import _table_formats, tabulate
+
+from reports.load import Run
+from reports.metrics import (average_forgetting, average_normalized, backward_transfer, forgetting, mean_std,
+                             paired_test)
+
+# tabulate's latex_booktabs, minus its escaping of cells (ours hold \\textbf and $\\pm$ on purpose;
+# labels are escaped by ``latex_escape``).
+BOOKTABS_RAW = _table_formats["latex_booktabs"]._replace(headerrow=_table_formats["latex_raw"].headerrow,
+                                                          datarow=_table_formats["latex_raw"].datarow)
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\^{}", "\\": r"\textbackslash{}", "±": r"$\pm$", "·": r"$\cdot$",
+                 "−": "-"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def number(x: float) -> str:
+    """One decimal, without the '-0.0' that rounding a tiny negative gives."""
+    text = f"{x:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
+DEFAULT_METHOD_ORDER = ["full_sft", "lora", "static_isolation", "random_isolation", "epi"]
+
+
+@dataclasses.dataclass
+class Table:
+    """Rows of label cells followed by per-seed value lists (None = no value)."""
+
+    name: str
+    labels: list[str]
+    columns: list[str]
+    rows: list[tuple[list[str], list[list[float] | None]]]
+    higher_is_better: list[bool]
+    footnote: str = ""
+
+    def best(self) -> list[float | None]:
+        out: list[float | None] = []
+        for j, hib in enumerate(self.higher_is_better):
+            means = [mean_std(v[j])[0] for _, v in self.rows if v[j]]
+            out.append((max(means) if hib else min(means)) if means else None)
+        return out
+
+    def formatted(self, fmt: str) -> list[list[str]]:
+        best = self.best()
+        body = []
+        for labels, values in self.rows:
+            cells = []
+            for j, v in enumerate(values):
+                mean, std, _ = mean_std(v or [])
+                if mean is None:
+                    cells.append("—" if fmt != "latex" else "--")
+                    continue
+                pm = " ± " if fmt != "latex" else r" $\pm$ "
+                text = number(mean) + (f"{pm}{number(std)}" if std is not None else "")
+                bold = best[j] is not None and len(self.rows) > 1 and abs(mean - best[j]) < 1e-9
+                if bold:
+                    text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
+                cells.append(text)
+            body.append([*labels, *cells])
+        return body
+
+    def markdown(self) -> str:
+        text = tabulate(self.formatted("md"), headers=[*self.labels, *self.columns], tablefmt="github",
+                        disable_numparse=True)
+        return text + (f"\n\n{self.footnote}\n" if self.footnote else "\n")
+
+    def latex(self) -> str:
+        headers = [latex_escape(h) for h in (*self.labels, *self.columns)]
+        rows = [[latex_escape(c) for c in labels] + cells[len(labels):]
+                for (labels, _), cells in zip(self.rows, self.formatted("latex"))]
+        return tabulate(rows, headers=headers, tablefmt=BOOKTABS_RAW, disable_numparse=True) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow([*self.labels, *itertools.chain.from_iterable((f"{c}_mean", f"{c}_std", f"{c}_n")
+                                                                  for c in self.columns)])
+        for labels, values in self.rows:
+            cells = []
+            for v in values:
+                mean, std, n = mean_std(v or [])
+                cells += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}", n]
+            w.writerow([*labels, *cells])
+        return out.getvalue()
+
+
+def ordered_methods(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]:
+    present = {r.method for r in runs}
+    preferred = list(order or DEFAULT_METHOD_ORDER)
+    return [m for m in preferred if m in present] + sorted(present - set(preferred))
+
+
+def ordered_tasks(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]:
+    if order:
+        return list(order)
+    for r in runs:
+        if r.result and r.result.get("tasks"):
+            return list(r.result["tasks"])
+    return []
+
+
+def final_scores(run: Run) -> dict[str, float]:
+    return dict(run.result["stages"][-1]["scores"]) if run.ok and run.result["stages"] else {}
+
+
+def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[list[float]]:
+    return [[s[key][t] for t in tasks] for s in run.result["stages"]]
+
+
+def _groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
+    out = []
+    for backbone in sorted({r.backbone for r in runs if r.regime == regime}):
+        for m in methods:
+            group = [r for r in runs if r.regime == regime and r.backbone == backbone and r.method == m]
+            if group:
+                out.append((backbone, m, group))
+    return out
+
+
+def runs_label(group: Sequence[Run]) -> str:
+    ok = sum(r.ok for r in group)
+    failed = sum(r.status == "failed" for r in group)
+    missing = len(group) - ok - failed
+    extra = ", ".join(x for x in (f"{failed} failed" if failed else "", f"{missing} missing" if missing else "") if x)
+    return f"{ok}/{len(group)}" + (f" ({extra})" if extra else "")
+
+
+def best_per_task(groups: Sequence[tuple[str, str, list[Run]]], tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per backbone, the best mean final score over methods of each task (the normalizer)."""
+    best: dict[str, dict[str, float]] = {}
+    for backbone, _, group in groups:
+        finals = [final_scores(r) for r in group if r.ok]
+        for t in tasks:
+            values = [f[t] for f in finals if t in f]
+            if values:
+                mean = sum(values) / len(values)
+                best.setdefault(backbone, {})[t] = max(best.get(backbone, {}).get(t, mean), mean)
+    return best
+
+
+def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str, float]) -> dict[int, float]:
+    out = {}
+    for r in group:
+        if r.ok and all(t in best for t in tasks):
+            value = average_normalized({t: final_scores(r)[t] for t in tasks}, r.result["chance"], best)
+            if value is not None:
+                out[r.seed] = value
+    return out
+
+
+def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table:
+    groups = _groups(runs, regime, methods)
+    best = best_per_task(groups, tasks)
+    rows = []
+    for backbone, method, group in groups:
+        ok = [r for r in group if r.ok]
+        values: list[list[float] | None] = [[final_scores(r)[t] for r in ok] or None for t in tasks]
+        values.append(list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None)
+        rows.append(([backbone, method, runs_label(group)], values))
+    note = ("Final scores (0-100, exact match or accuracy) after the last stage, mean ± sample std over seeds; "
+            "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
+            "best = best method mean for that backbone and task. runs = successful/expected "
+            "(failed and missing runs are listed, never averaged in).")
+    return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm."], rows,
+                 [True] * (len(tasks) + 1), note)
+
+
+def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> Table:
+    rows = []
+    for backbone, method, group in _groups(runs, "sequential", methods):
+        ok = [r for r in group if r.ok and len(r.result["stages"]) == len(tasks)]
+        per_task = [forgetting(score_matrix(r, tasks)) for r in ok]
+        values: list[list[float] | None] = [[f[j] for f in per_task] or None for j in range(len(tasks) - 1)]
+        values.append([average_forgetting(score_matrix(r, tasks)) for r in ok] or None)
+        values.append([backward_transfer(score_matrix(r, tasks)) for r in ok] or None)
+        # NLL rises when a task is forgotten: forgetting of -NLL is the NLL rise over its best.
+        values.append([average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")])
+                       for r in ok if all(x is not None for row in score_matrix(r, tasks, "nll") for x in row)] or None)
+        rows.append(([backbone, method, runs_label(group)], values))
+    note = ("Sequential regime. F_task = max over earlier stages of the task's score − its final score "
+            "(> 0 = forgotten); Avg. F over all but the last task; BWT = mean(final − right after its stage) "
+            "(< 0 = forgetting); Avg. F (NLL) = same on gold-answer NLL in nats (> 0 = NLL rose).")
+    return Table("forgetting", ["backbone", "method", "runs"],
+                 [f"F {t}" for t in tasks[:-1]] + ["Avg. F", "BWT", "Avg. F (NLL)"], rows,
+                 [False] * (len(tasks) - 1) + [False, True, False], note)
+
+
+def significance_rows(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> list[list[Any]]:
+    groups = _groups(runs, regime, methods)
+    best = best_per_task(groups, tasks)
+    by_key = {(b, m): avg_norm_by_seed(g, tasks, best.get(b, {})) for b, m, g in groups}
+    rows = []
+    for (b, m1, _), (b2, m2, _) in itertools.combinations(groups, 2):
+        if b != b2:
+            continue
+        t = paired_test(by_key[(b, m1)], by_key[(b, m2)])
+        fmt = (lambda x: "n/a" if isinstance(x, str) or x is None else f"{x:.3g}")  # noqa: E731
+        rows.append([regime, b, m1, m2, t["n"], fmt(t["mean_diff"]), fmt(t["t"]), fmt(t["p"])])
+    return rows
+
+
+def significance_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
+    rows = [row for regime in sorted({r.regime for r in runs}) for row in significance_rows(runs, regime, methods, tasks)]
+    headers = ["regime", "backbone", "method A", "method B", "paired seeds", "mean diff (A−B)", "t", "p"]
+    note = "Avg. Norm. per seed, paired by seed; two-sided paired t-test; 'n/a' with fewer than 2 paired seeds.\n"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([headers, *rows])
+    return {"md": tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n" + note,
+            "tex": tabulate([[latex_escape(str(c)) for c in row] for row in rows],
+                            headers=[latex_escape(h) for h in headers], tablefmt=BOOKTABS_RAW,
+                            disable_numparse=True) + "\n",
+            "csv": out.getvalue()}

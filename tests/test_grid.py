@@ -1,0 +1,121 @@
+"""Grid expansion (no Ray) and the grid on real Ray: smoke, failure isolation, kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.grid import load_grid
+
+ROOT = Path(__file__).parents[1]
+
+GRID = """
+study = "g"
+regime = "multitask"
+results_dir = {results!r}
+[tasks]
+names = ["arithmetic", "logic"]
+train_size = 16
+test_size = 4
+[train]
+steps_per_stage = 3
+warmup_steps = 0
+batch_size = 4
+[eval]
+limit = 4
+[grid]
+methods = {methods}
+seeds = {seeds}
+max_concurrent_trials = {concurrent}
+resources = {{ cpu = 1 }}
+{extra}
+"""
+
+
+def grid_file(tmp_path: Path, methods=("full_sft", "epi"), seeds=(0,), concurrent=2, extra="") -> Path:
+    path = tmp_path / "grid.toml"
+    path.write_text(GRID.format(results=str(tmp_path / "results"), methods=json.dumps(list(methods)),
+                                seeds=json.dumps(list(seeds)), concurrent=concurrent, extra=extra))
+    return path
+
+
+def statuses(tmp_path: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "results" / "g").glob("*/result.json")}
+
+
+def test_expansion_counts_per_method_axes_and_stable_ids(tmp_path):
+    extra = '[grid.method_options.epi]\nrho = [0.01, 0.05]\nbeta = 0.8\n[grid.axes]\n"train.lr" = [0.001, 0.0003]'
+    path = grid_file(tmp_path, methods=("full_sft", "lora", "epi"), seeds=(0, 1, 2), extra=extra)
+    cells = load_grid(path).cells
+    assert len(cells) == (1 + 1 + 2) * 3 * 2
+    epi = [c for c in cells if c.method.name == "epi"]
+    assert {c.method.options["rho"] for c in epi} == {0.01, 0.05} and all(c.method.options["beta"] == 0.8 for c in epi)
+    assert all(c.method.options == {} for c in cells if c.method.name != "epi")
+    assert {c.train.lr for c in cells} == {0.001, 0.0003}
+    assert [c.run_id for c in cells] == [c.run_id for c in load_grid(path).cells]
+    assert len({c.run_id for c in cells}) == len(cells)
+
+
+def test_method_options_for_a_method_not_in_the_grid_is_an_error(tmp_path):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grid.method_options.lora"):
+        load_grid(grid_file(tmp_path, extra="[grid.method_options.lora]\nr = [4]"))
+
+
+def test_dry_run_prints_cells_and_resources(tmp_path, capsys):
+    assert main(["grid", "--dry-run", str(grid_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells" in out and "cpu=1" in out and "missing" in out
+    assert not (tmp_path / "results").exists()
+
+
+def test_grid_on_ray_isolates_a_failing_cell_and_resumes(tmp_path, capsys):
+    path = grid_file(tmp_path, extra='[grid.axes]\n"train.lr" = [0.003, 1e30]')
+    assert main(["grid", str(path)]) == 1  # the lr = 1e30 cells fail, the grid goes on
+    results = statuses(tmp_path)
+    assert len(results) == 4
+    failed = {k for k, r in results.items() if r["status"] == "failed"}
+    assert len(failed) == 2 and all(results[k]["error"]["type"] == "NonFiniteLoss" for k in failed)
+    assert all(r["config"]["train"]["lr"] == 1e30 for k, r in results.items() if k in failed)
+    assert "2 failed" in capsys.readouterr().out
+    stamps = {k: r["started_at"] + str(r["train"]["wall_s"]) for k, r in results.items()}
+    # Again: nothing to run. With --retry-failed: only the failed cells run (and fail again).
+    assert main(["grid", str(path)]) == 1
+    assert main(["grid", "--retry-failed", str(path)]) == 1
+    again = statuses(tmp_path)
+    for k, r in again.items():
+        same = r["started_at"] + str(r["train"]["wall_s"]) == stamps[k]
+        assert same == (k not in failed), k
+
+
+def test_kill_9_of_the_driver_then_rerun_finishes_exactly_the_missing_cells(tmp_path):
+    path = grid_file(tmp_path, seeds=(0, 1), concurrent=1)
+    cmd = [sys.executable, "-m", "bench.cli", "grid", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(r["status"] == "success" for r in statuses(tmp_path).values()):
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = {k: r["started_at"] for k, r in statuses(tmp_path).items() if r["status"] == "success"}
+    assert 1 <= len(before) < 4
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = statuses(tmp_path)
+    assert len(after) == 4 and all(r["status"] == "success" for r in after.values())
+    assert all(after[k]["started_at"] == v for k, v in before.items())  # finished cells not redone
+    dirs = [p for p in (tmp_path / "results" / "g").iterdir() if p.is_dir() and p.name[0] not in "._"]
+    assert len([d for d in dirs if (d / "result.json").exists()]) == 4
+    from bench.ray_grid import _ray_temp_dir, reap
+
+    assert reap(_ray_temp_dir(tmp_path / "results" / "g")) == 0  # no Ray process left behind
