@@ -58,9 +58,8 @@ class EPI(IsolationMethod):
 
     def after_backward(self, step: int, model: nn.Module) -> None:
         if self.ema:
-            names = [n for n, p in self.params.items() if p.grad is not None]
-            grads = [self.params[n].grad.float() for n in names]
-            ema = [self.ema[n] for n in names]
+            pairs = [(self.ema[n], p.grad.float()) for n, p in self.params.items() if p.grad is not None]
+            ema, grads = [e for e, _ in pairs], [g for _, g in pairs]
             torch._foreach_mul_(ema, self.config.beta)
             torch._foreach_addcmul_(ema, grads, grads, value=1.0 - self.config.beta)
         super().after_backward(step, model)  # then zero the isolated entries' gradients

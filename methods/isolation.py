@@ -79,7 +79,6 @@ class IsolationMethod(Method):
 
     def __init__(self, config: IsolationConfig) -> None:
         super().__init__(config)
-        self.isolated: IsolatedSet | None = None
         self.first: dict[str, torch.Tensor] | None = None
         self.refreshes = 0
         self.stage = 0
@@ -89,7 +88,7 @@ class IsolationMethod(Method):
     # -- hooks shared by every isolation method ---------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = eligible_parameters(model, self.config.eligible)
-        self.isolated = IsolatedSet(self.params)
+        self.isolated: IsolatedSet = IsolatedSet(self.params)
         self.eligible_count = sum(p.numel() for p in self.params.values())
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
@@ -132,10 +131,10 @@ class IsolationMethod(Method):
 
     # -- outputs ----------------------------------------------------------------------------------
     def isolation_masks(self) -> dict[str, torch.Tensor]:
-        return self.isolated.masks() if self.isolated is not None else {}
+        return self.isolated.masks() if hasattr(self, "isolated") else {}
 
     def stats(self) -> dict[str, float]:
-        count = self.isolated.count() if self.isolated is not None else 0
+        count = self.isolated.count() if hasattr(self, "isolated") else 0
         out = {"isolated": float(count), "density": count / max(getattr(self, "eligible_count", 1), 1),
                "trainable": float(getattr(self, "trainable_total", 0) - count),
                "refreshes": float(self.refreshes)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any, cast
 
 from torch import nn
 
@@ -16,7 +17,7 @@ class LoRAConfig(MethodConfig):
     """peft ``LoraConfig`` fields that matter for the comparison."""
 
     r: int = dataclasses.field(default=8, metadata={"help": "adapter rank"})
-    alpha: float = dataclasses.field(default=16.0, metadata={"help": "scaling numerator (alpha / r)"})
+    alpha: int = dataclasses.field(default=16, metadata={"help": "scaling numerator (alpha / r)"})
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout on the adapter input"})
     target_modules: tuple[str, ...] = dataclasses.field(
         default=("q_proj", "v_proj"), metadata={"help": "module names that get adapters"})
@@ -47,7 +48,7 @@ class LoRA(Method):
 
     def export(self, model: nn.Module) -> nn.Module:
         # Merge into a copy: in the sequential regime training goes on after each evaluation.
-        merged = copy.deepcopy(model).merge_and_unload()
+        merged: nn.Module = cast(Any, copy.deepcopy(model)).merge_and_unload()
         merged.eval()
         return merged
 

@@ -74,8 +74,8 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
     lo_b, hi_b = -float("inf"), float("inf")  # exact bounds: the k-th largest lies in [lo_b, hi_b]
     n_gt, n_ge = 0, total  # exact counts above hi_b and at or above lo_b
     while n_ge - n_gt > exact_below and hi > lo:
-        hist = sum(torch.histc(r.float(), bins, raw(lo, i), raw(hi, i)).double().cpu()
-                   for i, r in enumerate(raws))
+        hist = torch.stack([torch.histc(r.float(), bins, raw(lo, i), raw(hi, i)).double().cpu()
+                            for i, r in enumerate(raws)]).sum(0)
         from_top = hist.flip(0).cumsum(0)
         j = bins - 1 - int(torch.searchsorted(from_top, torch.tensor([k - n_gt], dtype=torch.double)))
         width = (hi - lo) / bins

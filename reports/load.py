@@ -23,6 +23,13 @@ class Run:
     masks: list[dict[str, Any]]
 
     @property
+    def data(self) -> dict[str, Any]:
+        """The result dict (only for runs that have one)."""
+        if self.result is None:
+            raise ValueError(f"run {self.run_id} has no result")
+        return self.result
+
+    @property
     def ok(self) -> bool:
         return self.status == "success"
 

@@ -64,7 +64,7 @@ def score_bars(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]
         width = 0.8 / len(present)
         for i, m in enumerate(present):
             stats = [mean_std([final_scores(r)[t] for r in group if r.method == m]) for t in tasks]
-            ax.bar([j + i * width for j in range(len(tasks))], [s[0] for s in stats], width,
+            ax.bar([j + i * width for j in range(len(tasks))], [s[0] or 0.0 for s in stats], width,
                    yerr=[s[1] or 0 for s in stats], capsize=2, label=m)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
         ax.set(ylabel="final score", title=f"{backbone}, {regime}")
@@ -79,7 +79,7 @@ def heatmaps(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str], 
     for backbone in sorted({r.backbone for r in runs if r.regime == "sequential"}):
         for m in methods:
             ok = [r for r in runs if r.regime == "sequential" and r.backbone == backbone and r.method == m
-                  and r.ok and len(r.result["stages"]) == len(tasks)]
+                  and r.ok and len(r.data["stages"]) == len(tasks)]
             if not ok:
                 continue
             mats = [score_matrix(r, tasks) for r in ok]

@@ -8,14 +8,13 @@ import csv
 import dataclasses
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tabulate import _table_formats, tabulate
 
 from reports.load import Run
-from reports.metrics import (average_forgetting, average_normalized, backward_transfer, forgetting, mean_std,
-                             paired_test)
+from reports.metrics import average_forgetting, average_normalized, backward_transfer, forgetting, mean_std, paired_test
 
 # tabulate's latex_booktabs, minus its escaping of cells (ours hold \\textbf and $\\pm$ on purpose;
 # labels are escaped by ``latex_escape``).
@@ -53,7 +52,7 @@ class Table:
     def best(self) -> list[float | None]:
         out: list[float | None] = []
         for j, hib in enumerate(self.higher_is_better):
-            means = [mean_std(v[j])[0] for _, v in self.rows if v[j]]
+            means = [m for _, v in self.rows if (m := mean_std(v[j] or [])[0]) is not None]
             out.append((max(means) if hib else min(means)) if means else None)
         return out
 
@@ -69,7 +68,8 @@ class Table:
                     continue
                 pm = " ± " if fmt != "latex" else r" $\pm$ "
                 text = number(mean) + (f"{pm}{number(std)}" if std is not None else "")
-                bold = best[j] is not None and len(self.rows) > 1 and abs(mean - best[j]) < 1e-9
+                top = best[j]
+                bold = top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
                 if bold:
                     text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
                 cells.append(text)
@@ -101,6 +101,12 @@ class Table:
         return out.getvalue()
 
 
+def defined(values: Iterable[float | None]) -> list[float] | None:
+    """The values that are not None, or None when there are none."""
+    out = [v for v in values if v is not None]
+    return out or None
+
+
 def ordered_methods(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]:
     present = {r.method for r in runs}
     preferred = list(order or DEFAULT_METHOD_ORDER)
@@ -117,11 +123,11 @@ def ordered_tasks(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]
 
 
 def final_scores(run: Run) -> dict[str, float]:
-    return dict(run.result["stages"][-1]["scores"]) if run.ok and run.result["stages"] else {}
+    return dict(run.data["stages"][-1]["scores"]) if run.ok and run.data["stages"] else {}
 
 
 def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[list[float]]:
-    return [[s[key][t] for t in tasks] for s in run.result["stages"]]
+    return [[s[key][t] for t in tasks] for s in run.data["stages"]]
 
 
 def _groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
@@ -159,7 +165,7 @@ def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str,
     out = {}
     for r in group:
         if r.ok and all(t in best for t in tasks):
-            value = average_normalized({t: final_scores(r)[t] for t in tasks}, r.result["chance"], best)
+            value = average_normalized({t: final_scores(r)[t] for t in tasks}, r.data["chance"], best)
             if value is not None:
                 out[r.seed] = value
     return out
@@ -185,14 +191,14 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
 def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> Table:
     rows = []
     for backbone, method, group in _groups(runs, "sequential", methods):
-        ok = [r for r in group if r.ok and len(r.result["stages"]) == len(tasks)]
+        ok = [r for r in group if r.ok and len(r.data["stages"]) == len(tasks)]
         per_task = [forgetting(score_matrix(r, tasks)) for r in ok]
         values: list[list[float] | None] = [[f[j] for f in per_task] or None for j in range(len(tasks) - 1)]
-        values.append([average_forgetting(score_matrix(r, tasks)) for r in ok] or None)
-        values.append([backward_transfer(score_matrix(r, tasks)) for r in ok] or None)
+        values.append(defined(average_forgetting(score_matrix(r, tasks)) for r in ok))
+        values.append(defined(backward_transfer(score_matrix(r, tasks)) for r in ok))
         # NLL rises when a task is forgotten: forgetting of -NLL is the NLL rise over its best.
-        values.append([average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")])
-                       for r in ok if all(x is not None for row in score_matrix(r, tasks, "nll") for x in row)] or None)
+        values.append(defined(average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")])
+                              for r in ok if all(x is not None for row in score_matrix(r, tasks, "nll") for x in row)))
         rows.append(([backbone, method, runs_label(group)], values))
     note = ("Sequential regime. F_task = max over earlier stages of the task's score − its final score "
             "(> 0 = forgotten); Avg. F over all but the last task; BWT = mean(final − right after its stage) "

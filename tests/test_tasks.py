@@ -21,7 +21,7 @@ def test_generators_are_deterministic_and_splits_disjoint(name):
 
 def test_suite_files_are_byte_identical_for_the_same_seed(tmp_path):
     a = build_suite(list(TASKS), 3, 50, 10, tmp_path / "a", 8)
-    b = build_suite(list(TASKS), 3, 50, 10, tmp_path / "b", 8)
+    build_suite(list(TASKS), 3, 50, 10, tmp_path / "b", 8)
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jsonl"))
     assert len(files_a) == 2 * len(TASKS)
     for rel in files_a:

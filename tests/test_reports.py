@@ -1,0 +1,117 @@
+"""Metrics on hand-computed matrices, golden tables from a hand-made study, determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.metrics import (
+    average_forgetting,
+    average_normalized,
+    backward_transfer,
+    change_vs_base,
+    drift_series,
+    forgetting,
+    mean_std,
+    normalized_score,
+    paired_test,
+)
+from reports.report import report
+
+GOLDEN = Path(__file__).parent / "golden"
+TASKS = ["a", "b", "c"]
+
+
+def test_normalized_score_and_average():
+    assert normalized_score(62.5, 25.0, 100.0) == 50.0
+    assert normalized_score(10.0, 25.0, 100.0) == -20.0
+    assert normalized_score(30.0, 30.0, 30.0) is None
+    assert average_normalized({"a": 50.0, "b": 20.0}, {"a": 0.0, "b": 20.0}, {"a": 100.0, "b": 20.0}) == 50.0
+
+
+def test_forgetting_and_bwt_by_hand():
+    A = [[80, 10, 0],
+         [60, 70, 5],
+         [50, 75, 90]]
+    assert forgetting(A) == [30, -5]  # b improves after its stage: negative forgetting
+    assert average_forgetting(A) == 12.5
+    assert backward_transfer(A) == pytest.approx(((50 - 80) + (75 - 70)) / 2)
+    assert average_forgetting([[1.0]]) is None and backward_transfer([[1.0]]) is None
+    before = [row[:] for row in A]
+    forgetting(A)
+    assert A == before  # inputs are never mutated
+
+
+def test_mean_std_and_change_vs_base():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
+    assert mean_std([4.0]) == (4.0, None, 1) and mean_std([]) == (None, None, 0)
+    assert change_vs_base({"a": 30.0}, {"a": 40.0}) == {"a": -10.0}
+
+
+def test_paired_test_says_na_without_two_seeds():
+    assert paired_test({0: 1.0}, {0: 2.0})["p"] == "n/a"
+    out = paired_test({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.5, 1: 1.0, 2: 2.0, 3: 9.0})
+    assert out["n"] == 3 and 0 < out["p"] < 1 and out["mean_diff"] == pytest.approx(1.0)
+
+
+def test_drift_series_orders_by_refresh():
+    events = [{"refresh": 2, "step": 20, "jaccard_prev": 0.5, "jaccard_first": 0.5, "density": 0.01},
+              {"refresh": 1, "step": 10, "jaccard_prev": None, "jaccard_first": 1.0, "density": 0.01}]
+    assert drift_series(events)["step"] == [10, 20] and drift_series(events)["jaccard_prev"] == [None, 0.5]
+
+
+def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], status: str = "success") -> None:
+    run_id = f"{method}-s{seed}"
+    stages = [{"stage": k, "trained_on": [TASKS[k]], "scores": dict(zip(TASKS, row)),
+               "nll": {t: 1.0 + k * 0.1 for t in TASKS}} for k, row in enumerate(matrix)]
+    result = {"run_id": run_id, "method": method, "backbone": "tiny", "regime": "sequential", "seed": seed,
+              "status": status, "tasks": TASKS, "stages": stages if status == "success" else [],
+              "chance": {"a": 0.0, "b": 25.0, "c": 0.0}, "base": {},
+              "error": None if status == "success" else {"type": "NonFiniteLoss", "message": "nan", "step": 3}}
+    (study / run_id).mkdir(parents=True)
+    (study / run_id / "result.json").write_text(json.dumps(result))
+    if method == "epi" and status == "success":
+        (study / run_id / "masks.jsonl").write_text("".join(json.dumps(
+            {"refresh": i + 1, "step": 10 * (i + 1), "jaccard_prev": None if i == 0 else 0.5 + 0.1 * i,
+             "jaccard_first": 1.0 - 0.2 * i, "density": 0.01}) + "\n" for i in range(3)))
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    s = tmp_path / "study"
+    fake_run(s, "full_sft", 0, [[80, 30, 0], [40, 70, 0], [30, 50, 60]])
+    fake_run(s, "full_sft", 1, [[70, 25, 0], [50, 65, 0], [40, 40, 70]])
+    fake_run(s, "epi", 0, [[75, 30, 0], [70, 60, 0], [65, 60, 50]])
+    fake_run(s, "epi", 1, [[0, 0, 0]], status="failed")
+    cells = [{"run_id": f"{m}-s{x}", "method": m, "backbone": "tiny", "regime": "sequential", "seed": x}
+             for m in ("full_sft", "epi") for x in (0, 1, 2)]
+    (s / "grid.json").write_text(json.dumps({"cells": cells}))
+    return s
+
+
+def test_tables_match_golden_files(study):
+    printed = report(study)
+    assert "2/3 (1 missing)" in printed and "1/3 (1 failed, 1 missing)" in printed
+    for name in ("main_sequential.md", "main_sequential.csv", "forgetting.md", "forgetting.csv",
+                 "main_sequential.tex", "significance.md"):
+        assert (study / "tables" / name).read_text() == (GOLDEN / name).read_text(), name
+    assert (study / "tables" / "drift_sequential_tiny_epi.png").stat().st_size > 1000
+
+
+def test_report_is_byte_identical_when_rebuilt(study):
+    report(study)
+    first = {p.name: p.read_bytes() for p in (study / "tables").iterdir()}
+    report(study)
+    assert {p.name: p.read_bytes() for p in (study / "tables").iterdir()} == first
+
+
+def test_report_imports_neither_torch_nor_ray(study):
+    code = ("import sys; from bench.cli import main; main(['report', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
+    done = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
