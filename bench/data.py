@@ -46,12 +46,32 @@ def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
+# Architectures whose forward is ``lm_head(decoder(x))`` (Gemma-2 adds a final soft-cap, applied
+# below): for them the output layer is computed on answer positions only.
+ANSWER_ONLY_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
+
+
+def answer_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions ``keep`` (shape ``(n_kept, vocab)``) predicting the next token.
+
+    Prompt positions need no vocabulary projection: skipping them saves most of the output
+    layer's work (vocabulary x hidden per token) on short answers. Other architectures fall
+    back to the model's full forward."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) in ANSWER_ONLY_HEAD:
+        hidden = model.get_decoder()(**inputs).last_hidden_state[:, :-1][keep]
+        logits = model.get_output_embeddings()(hidden)
+        cap = getattr(config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+    return model(**inputs).logits[:, :-1][keep]
+
+
 def summed_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token NLL over the labelled (answer) positions of ``batch``."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    return F.cross_entropy(logits[:, :-1][keep].float(), labels[keep], reduction="sum")
+    return F.cross_entropy(answer_logits(model, batch, keep).float(), labels[keep], reduction="sum")
 
 
 def mean_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-RANDOM_INIT = {"tiny-llama"}  # backbones whose weights depend on the run seed
+# Random-init Llama shapes of real sizes, for speed and memory work where no weights exist.
+LLAMA_SHAPES = {
+    "random-llama-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                          "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},  # SmolLM2-135M
+    "random-llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3.2-1B
+}
+RANDOM_INIT = {"tiny-llama", *LLAMA_SHAPES}  # backbones whose weights depend on the run seed
 
 
 def device() -> torch.device:
@@ -57,6 +64,21 @@ def tiny_llama(seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
+def random_llama(name: str, seed: int, dtype: torch.dtype, on: torch.device) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A random-init Llama of a real size, built directly on ``on`` in ``dtype``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**LLAMA_SHAPES[name], max_position_embeddings=4096, tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[on] if on.type == "cuda" else []), torch.device(on):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            model = LlamaForCausalLM(config)
+        finally:
+            torch.set_default_dtype(torch.float32)
+    return model, byte_tokenizer()
+
+
 def from_pretrained(name: str, dtype: torch.dtype) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -73,6 +95,8 @@ def load_backbone(name: str, dtype: str, seed: int, on: torch.device | None = No
     on = on or device()
     if name == "tiny-llama":
         model, tokenizer = tiny_llama(seed)
+    elif name in LLAMA_SHAPES:
+        model, tokenizer = random_llama(name, seed, resolve_dtype(dtype, on), on)
     else:
         model, tokenizer = from_pretrained(name, resolve_dtype(dtype, on))
     model.to(device=on, dtype=resolve_dtype(dtype, on))

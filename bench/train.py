@@ -40,7 +40,7 @@ class Trainer:
         self.groups = method.param_groups(self.model)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = torch.optim.AdamW(self.groups, lr=config.lr, betas=tuple(config.betas),
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, fused=on.type == "cuda" or None)
         self.autocast = config.bf16 == "on" or (config.bf16 == "auto" and on.type == "cuda")
         self.step = 0  # optimizer steps done, over all stages
         self.losses: list[float] = []

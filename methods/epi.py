@@ -66,8 +66,11 @@ class EPI(IsolationMethod):
 
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         super().after_step(step, model, optimizer)
-        if not self.config.refresh_due(step + 1, self.refreshes):
-            return
+        if self.config.refresh_due(step + 1, self.refreshes):
+            self.refresh(step + 1, optimizer)
+
+    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
+        """Select the new mask from the current importance and isolate it."""
         if self.ema:
             scores = self.ema
         else:
@@ -77,7 +80,7 @@ class EPI(IsolationMethod):
         keys: tuple[str, ...] = ()
         if self.config.reset_moments:
             keys = ("exp_avg", "exp_avg_sq") if self.ema else ("exp_avg",)
-        self.isolate(index, step + 1, optimizer, keys)
+        self.isolate(index, steps_done, optimizer, keys)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "ema": {n: t.clone() for n, t in self.ema.items()}}

@@ -36,9 +36,12 @@ class RandomIsolation(IsolationMethod):
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         super().after_step(step, model, optimizer)
         if self.config.refresh_due(step + 1, self.refreshes):
-            scores = {n: torch.rand(p.shape, generator=self.generator, device=p.device)
-                      for n, p in self.params.items()}
-            self.isolate(select_top_fraction(scores, self.config.rho, normalize=False), step + 1)
+            self.refresh(step + 1, optimizer)
+
+    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
+        """A new uniformly random mask of the same size."""
+        scores = {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
+        self.isolate(select_top_fraction(scores, self.config.rho, normalize=False), steps_done)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}

@@ -69,7 +69,7 @@ class StaticIsolation(IsolationMethod):
     def on_stage_end(self, stage: int, model: nn.Module) -> None:
         if self.config.accumulate_per_stage:
             core = self.core_region(self.data)
-            union = {n: torch.unique(torch.cat([self.isolated.index[n], core[n]])) for n in core}
+            union = {n: torch.unique(torch.cat([self.isolated.index[n].long(), core[n]])) for n in core}
             self.isolate(union, self.steps_done)
 
     def core_region(self, data: StageData) -> dict[str, torch.Tensor]:

@@ -91,3 +91,17 @@ def test_batch_4_x_accum_1_equals_batch_1_x_accum_4():
     a = Harness("full_sft", batch_size=4, grad_accum=1)
     b = Harness("full_sft", batch_size=4, grad_accum=4)
     assert max_diff(a.steps(8), b.steps(8)) < 1e-5
+
+
+def test_answer_only_output_layer_equals_the_full_forward():
+    import torch.nn.functional as F
+
+    from bench.data import IGNORE, collate, summed_nll
+
+    h = Harness("lora")
+    batch = collate(h.batch(0), h.tokenizer.pad_token_id, torch.device("cpu"))
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    full = h.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+    expected = F.cross_entropy(full.float(), labels[keep], reduction="sum")
+    torch.testing.assert_close(summed_nll(h.model, batch), expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,199 @@
+"""``python -m bench.perf``: the cost of every method, side by side, in one process.
+
+On one backbone and one synthetic data stream, the method variants run in interleaved rounds
+(A B C ... A B C ...), each on a fresh copy of the same initial weights, so machine noise hits
+all of them alike. Printed and written as JSON: median step time, peak memory (CUDA max
+allocated on GPU; on CPU the bytes of parameters, gradients, optimizer and method state), bytes of method state per model
+parameter, time of one mask refresh, tokens/s, and each as a ratio to ``full_sft``. On GPU, the
+model FLOPs utilization of ``full_sft`` (6 x params x tokens / step time / peak bf16 FLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import time
+from typing import Any
+
+import torch
+from tabulate import tabulate
+
+import methods
+from bench.config import TrainConfig
+from bench.data import IGNORE, Feature, StageData
+from bench.models import LLAMA_SHAPES, load_backbone
+from bench.train import Trainer
+
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("full_sft", "full_sft", {}),
+    ("lora", "lora", {}),
+    ("static_isolation", "static_isolation", {"calibration_batches": 2}),
+    ("epi (ema)", "epi", {"importance": "ema"}),
+    ("epi (adam_v)", "epi", {"importance": "adam_v"}),
+    ("random_isolation", "random_isolation", {}),
+]
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def synthetic_rows(vocab: int, n: int, seq: int, seed: int) -> list[Feature]:
+    """Rows of ``seq`` random tokens; the last quarter is the labelled answer."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ids = [rng.randrange(vocab) for _ in range(seq)]
+        cut = seq - max(1, seq // 4)
+        rows.append((ids, [IGNORE] * cut + ids[cut:]))
+    return rows
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor reachable in a (nested) state dict."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def training_state_bytes(trainer: Trainer) -> int:
+    """CPU stand-in for peak memory: parameters + gradients + optimizer state + method state
+    (activations excluded; process RSS cannot be split between variants run in one process)."""
+    params = list(trainer.model.parameters())
+    grads = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    return (tensor_bytes(params) + grads + tensor_bytes(trainer.optimizer.state_dict()["state"])
+            + tensor_bytes(trainer.method.state_dict()))
+
+
+def sync(on: torch.device) -> None:
+    if on.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(variant: tuple[str, str, dict[str, Any]], args: argparse.Namespace, on: torch.device,
+            rows: list[Feature], steps: int) -> dict[str, Any]:
+    """Fresh model + method, ``args.warmup`` untimed steps, then ``steps`` timed steps."""
+    label, name, options = variant
+    gc.collect()
+    if on.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, tokenizer = load_backbone(args.backbone, args.dtype, 0, on)
+    n_params = sum(p.numel() for p in model.parameters())
+    refresh_every = args.warmup + steps + 1000  # refreshes are timed on their own, not inside steps
+    opts = {**options, **({"refresh_every": refresh_every, "warmup_steps": 1} if name in ("epi", "random_isolation") else {})}
+    method = methods.build(name, opts)
+    config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1)
+    trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, on, progress=False)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
+    data = StageData(0, {"synthetic": rows}, args.batch, tokenizer.pad_token_id or 0, on, 0, False)
+    method.on_stage_start(0, data)
+    batches = [rows[(i * args.batch) % (len(rows) - args.batch):][:args.batch] for i in range(args.warmup + steps)]
+    times = []
+    for i, batch in enumerate(batches):
+        sync(on)
+        start = time.perf_counter()
+        trainer.train_step(batch, scheduler)
+        sync(on)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    refresh_s = None
+    if hasattr(method, "refresh"):
+        sync(on)
+        start = time.perf_counter()
+        method.refresh(trainer.step, trainer.optimizer)
+        sync(on)
+        refresh_s = time.perf_counter() - start
+    extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
+    state = tensor_bytes(method.state_dict()) + extra_params * 4
+    out = {"variant": label, "method": name, "options": opts, "params": n_params, "step_times_s": times,
+           "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
+           "state_bytes": state, "refresh_s": refresh_s,
+           "tokens_per_step": sum(len(r[0]) for r in batches[-1])}
+    del trainer, model, method
+    return out
+
+
+def summarize(raw: dict[str, list[dict[str, Any]]], on: torch.device) -> list[dict[str, Any]]:
+    rows = []
+    for label, parts in raw.items():
+        times = [t for p in parts for t in p["step_times_s"]]
+        refresh = [p["refresh_s"] for p in parts if p["refresh_s"] is not None]
+        first = parts[0]
+        rows.append({"variant": label, "median_step_s": statistics.median(times), "steps_timed": len(times),
+                     "peak_memory_bytes": max(p["peak_memory_bytes"] for p in parts),
+                     "state_bytes_per_param": first["state_bytes"] / first["params"],
+                     "refresh_s": statistics.median(refresh) if refresh else None,
+                     "tokens_per_s": first["tokens_per_step"] / statistics.median(times), "params": first["params"]})
+    base = next(r for r in rows if r["variant"] == "full_sft")
+    for r in rows:
+        r["step_ratio"] = r["median_step_s"] / base["median_step_s"]
+        r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] > 0 else None
+        r["refresh_over_step"] = r["refresh_s"] / base["median_step_s"] if r["refresh_s"] is not None else None
+    if on.type == "cuda":
+        name = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        if peak:
+            base["mfu"] = 6 * base["params"] * base["tokens_per_s"] / peak
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    fmt = (lambda x, f: "—" if x is None else format(x, f))  # noqa: E731
+    body = [[r["variant"], fmt(r["median_step_s"] * 1e3, ".1f"), fmt(r["step_ratio"], ".3f"),
+             fmt(r["peak_memory_bytes"] / 2**30, ".2f"), fmt(r["memory_ratio"], ".3f"),
+             fmt(r["state_bytes_per_param"], ".3f"), fmt(r["refresh_s"] and r["refresh_s"] * 1e3, ".1f"),
+             fmt(r["refresh_over_step"], ".2f"), fmt(r["tokens_per_s"], ".0f")] for r in rows]
+    return tabulate(body, headers=["variant", "step ms (median)", "x full_sft", "memory GiB", "x full_sft",
+                                   "state B/param", "refresh ms", "refresh / step", "tokens/s"], tablefmt="github",
+                    disable_numparse=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="tiny-llama",
+                   help="tiny-llama | smollm2-135m | random-llama-135m | random-llama-1b | a hub id or folder")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=64, help="tokens per row (the last quarter is the answer)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant, split over the rounds")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and round")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all variants")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    p.add_argument("--variants", default="", help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
+    p.add_argument("--json", default="perf.json", help="where to write the raw and summarized numbers")
+    args = p.parse_args(argv)
+    on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = [v for v in VARIANTS if not args.variants or v[0] in args.variants.split(",")]
+    if chosen[0][0] != "full_sft":
+        chosen = [VARIANTS[0], *chosen]
+    # Token ids below every backbone's vocabulary (the ids' values do not change the cost).
+    vocab = 258 if args.backbone == "tiny-llama" else LLAMA_SHAPES.get(args.backbone, {}).get("vocab_size", 32000)
+    rows = synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0)
+    raw: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in chosen}
+    per_round = max(1, args.steps // args.rounds)
+    for r in range(args.rounds):
+        for v in chosen:
+            print(f"round {r + 1}/{args.rounds}: {v[0]}", flush=True)
+            raw[v[0]].append(measure(v, args, on, rows, per_round))
+    summary = summarize(raw, on)
+    device = torch.cuda.get_device_name(0) if on.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    header = (f"backbone {args.backbone}, {summary[0]['params'] / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, "
+              f"{args.rounds} rounds x {per_round} timed steps per variant, device {device}, "
+              f"{time.strftime('%Y-%m-%d')}")
+    print(header)
+    print(table(summary))
+    if "mfu" in summary[0]:
+        print(f"full_sft model FLOPs utilization: {100 * summary[0]['mfu']:.1f}%")
+    with open(args.json, "w") as f:
+        json.dump({"header": header, "args": vars(args), "summary": summary, "raw": raw}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
