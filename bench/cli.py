@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -34,10 +33,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = cells[args.cell]
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
     result = execute(config, force=args.force)
-    print(json.dumps({k: result.get(k) for k in ("run_id", "status", "error")}, indent=1))
+    error = result.get("error") or {}
+    print(f"{result['run_id']}: {result['status']}" + (f" ({error.get('type')}: {error.get('message')}, step "
+                                                         f"{error.get('step')})" if error else ""))
     for stage in result.get("stages", []):
         print(f"stage {stage['stage']} ({'+'.join(stage['trained_on'])}): "
-              + "  ".join(f"{t}={s:.1f}" for t, s in stage["scores"].items()))
+              + "  ".join(f"{t}={'n/a' if s is None else f'{s:.1f}'}" for t, s in stage["scores"].items()))
     print(f"result: {config.run_dir / 'result.json'}")
     return 0 if result["status"] == "success" else 1
 

@@ -38,8 +38,11 @@ class BackboneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TasksConfig:
-    suite: str = field("offline", "task suite", choices=("offline",))
-    names: list[str] = field(["arithmetic", "logic", "program", "format"], "tasks, in sequential order")
+    names: list[str] = field(["arithmetic", "logic", "program", "format"],
+                             "tasks, in sequential order (offline: arithmetic, logic, program, format; "
+                             "paper: gsm8k, codealpaca, logiqa, alpaca, ultrachat)")
+    sources: dict[str, str] = field({}, "paper task -> 'hub' (default) or a local file/folder in the upstream "
+                                        "format; relative paths are relative to the config file")
     train_size: int = field(200, "training rows per task", minimum=1)
     test_size: int = field(50, "held-out rows per task", minimum=1)
     data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)")
@@ -75,6 +78,9 @@ class EvalConfig:
     batch_size: int = field(16, "lm-eval batch size", minimum=1)
     max_gen_toks: int = field(16, "generation budget for exact-match tasks", minimum=1)
     nll: bool = field(True, "also measure the mean NLL of the gold answers")
+    judge: dict[str, Any] = field({}, "LLM judge for open-ended tasks (1-10): {kind = 'hf', model = ...} or "
+                                      "{kind = 'openai', base_url = ..., model = ..., api_key_env = ...}; "
+                                      "empty = ROUGE-L against the reference")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +181,21 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     if unknown or not config.tasks.names:
         raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
                           f"allowed: a non-empty list of {', '.join(TASKS)}")
+    for task in config.tasks.sources:
+        if task not in config.tasks.names or TASKS[task].loader is None:
+            raise ConfigError(f"{where}: key 'tasks.sources.{task}': not a paper task of tasks.names")
+    judge = config.eval.judge
+    if judge:
+        from bench.judge import JUDGE_KEYS
+
+        kind = judge.get("kind")
+        if kind not in JUDGE_KEYS:
+            raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: 'hf', 'openai'")
+        unknown = sorted(set(judge) - JUDGE_KEYS[kind]["allowed"])
+        missing = sorted(JUDGE_KEYS[kind]["required"] - set(judge))
+        if unknown or missing:
+            raise ConfigError(f"{where}: key 'eval.judge': unknown {unknown}, missing {missing}; allowed for "
+                              f"kind {kind!r}: {', '.join(sorted(JUDGE_KEYS[kind]['allowed']))}")
     if config.eval.limit > config.tasks.test_size:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
@@ -199,9 +220,20 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
+def resolve_sources(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Make relative ``tasks.sources`` paths absolute, relative to the config file's folder."""
+    sources = data.get("tasks", {}).get("sources")
+    if not isinstance(sources, dict):
+        return data
+    base = Path(path).resolve().parent
+    fixed = {t: s if s == "hub" or not isinstance(s, str) or Path(s).is_absolute() else str((base / s).resolve())
+             for t, s in sources.items()}
+    return merge(data, {"tasks": {"sources": fixed}})
+
+
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a run config file (no ``[grid]`` table), apply overrides, validate."""
-    data = read_toml(path)
+    data = resolve_sources(read_toml(path), path)
     if "grid" in data:
         raise ConfigError(f"{path}: has a [grid] table: run it with 'isobench grid {path}'")
     data = merge(data, overrides or {})

@@ -13,8 +13,11 @@ config and therefore the same run id.
     resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
     [grid.method_options.epi]
     rho = [0.01, 0.05]                  # a list = an axis; a scalar = a fixed option
+    target_modules = [["q_proj", "v_proj"]]   # a list-valued option: wrapped in one more list
     [grid.axes]
     "train.lr" = [1e-3, 3e-4]           # any dotted config key, crossed with everything
+    [grid.method_axes.lora]
+    "train.lr" = [1e-3]                 # dotted keys for one method only (e.g. LoRA's own LR)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, from_dict, merge, parse_override, read_toml, validate
+from bench.config import ConfigError, RunConfig, from_dict, merge, parse_override, read_toml, resolve_sources, validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,7 @@ class GridSpec:
     regimes: list[str] = dataclasses.field(default_factory=list)
     method_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     axes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method_axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_concurrent_trials: int = 0
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -61,14 +65,15 @@ def _option_axes(options: dict[str, Any]) -> list[dict[str, Any]]:
 def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
     """Read and expand a grid file; every cell is validated before anything runs."""
     where = str(path)
-    data = merge(read_toml(path), overrides or {})
+    data = merge(resolve_sources(read_toml(path), path), overrides or {})
     spec_data = data.pop("grid", {})
     spec = from_dict(GridSpec, spec_data, where, "grid.")
     base = from_dict(RunConfig, data, where)
-    for m in spec.method_options:
-        if spec.methods and m not in spec.methods:
-            raise ConfigError(f"{where}: key 'grid.method_options.{m}': {m!r} is not in grid.methods "
-                              f"({', '.join(spec.methods)})")
+    for table in ("method_options", "method_axes"):
+        for m in getattr(spec, table):
+            if m not in (spec.methods or [base.method.name]):
+                raise ConfigError(f"{where}: key 'grid.{table}.{m}': {m!r} is not in grid.methods "
+                                  f"({', '.join(spec.methods or [base.method.name])})")
     unknown_res = sorted(set(spec.resources) - {"cpu", "gpu"})
     if unknown_res:
         raise ConfigError(f"{where}: unknown key(s) grid.resources.{', '.join(unknown_res)}; allowed: cpu, gpu")
@@ -76,11 +81,12 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     for backbone, regime, method, axes, seed in itertools.product(
             spec.backbones or [base.backbone.name], spec.regimes or [base.regime],
             spec.methods or [base.method.name], _option_axes(spec.axes), spec.seeds or [base.seed]):
-        for options in _option_axes(spec.method_options.get(method, {})):
+        for options, own_axes in itertools.product(_option_axes(spec.method_options.get(method, {})),
+                                                   _option_axes(spec.method_axes.get(method, {}))):
             cell: dict[str, Any] = {"backbone": {"name": backbone}, "regime": regime, "seed": seed,
                                     "method": {"name": method, "options": {
                                         **(base.method.options if method == base.method.name else {}), **options}}}
-            for key, value in axes.items():
+            for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
             config = from_dict(RunConfig, merge(data, cell), where)
             cells.append(validate(config, where))

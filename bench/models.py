@@ -89,12 +89,25 @@ def from_pretrained(name: str, dtype: torch.dtype) -> tuple[nn.Module, PreTraine
     return model, tokenizer
 
 
+def prepare_backbone(name: str) -> None:
+    """One-time work before many processes load ``name`` (the SmolLM2 conversion), so parallel
+    trials do not all convert at once."""
+    if name == "smollm2-135m":
+        from bench.smollm2 import smollm2_folder
+
+        smollm2_folder()
+
+
 def load_backbone(name: str, dtype: str, seed: int, on: torch.device | None = None
                   ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The backbone ``name`` on device ``on`` (default: GPU if any), in training mode."""
     on = on or device()
     if name == "tiny-llama":
         model, tokenizer = tiny_llama(seed)
+    elif name == "smollm2-135m":
+        from bench.smollm2 import smollm2_folder
+
+        model, tokenizer = from_pretrained(str(smollm2_folder()), resolve_dtype(dtype, on))
     elif name in LLAMA_SHAPES:
         model, tokenizer = random_llama(name, seed, resolve_dtype(dtype, on), on)
     else:

@@ -107,6 +107,10 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False)
         print(f"[grid] nothing to run: {len(grid.cells)} cells, none {wanted}", file=sys.stderr)
         return {**counts, **summarize(grid)}
     study_dir = grid.study_dir.resolve()
+    from bench.models import prepare_backbone
+
+    for backbone in sorted({c.backbone.name for c in todo}):
+        prepare_backbone(backbone)
     per_trial = resources(grid)
     address = address or os.environ.get("RAY_ADDRESS")
     temp_dir = _ray_temp_dir(study_dir)

@@ -22,9 +22,11 @@ from bench import results as res
 from bench.config import RunConfig, to_dict
 from bench.data import StageData, Stream, encode
 from bench.evaluate import evaluate
+from bench.judge import build_judge
 from bench.models import RANDOM_INIT, device, load_backbone
 from bench.regimes import stages
 from bench.tasks import Suite, build_suite
+from bench.tasks.lm_eval_files import FORMAT_VERSION
 from bench.train import Trainer
 
 
@@ -33,17 +35,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite) -> dict[str, Any]:
+def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any) -> dict[str, Any]:
     """Scores of the untrained backbone, measured once per (backbone, tasks, eval) and cached
     under ``<study>/base/`` (the seed matters only for random-init backbones)."""
     c = to_dict(config)
     key = {k: c[k] for k in ("backbone", "tasks", "eval")}
     key["seed"] = config.seed if config.backbone.name in RANDOM_INIT else None
+    key["format"] = FORMAT_VERSION
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(config.results_dir) / config.study / "base" / f"{digest}.json"
     if path.is_file():
         return json.loads(path.read_text())["scores"]
-    scores = evaluate(model, tokenizer, suite, config.eval)
+    scores = evaluate(model, tokenizer, suite, config.eval, judge=judge)
     res.atomic_write(path, json.dumps({"key": key, "scores": scores}, indent=2, sort_keys=True) + "\n")
     return scores
 
@@ -71,12 +74,16 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False) ->
         on = device()
         suite = build_suite(config.tasks.names, config.tasks.data_seed, config.tasks.train_size,
                             config.tasks.test_size, Path(config.results_dir) / config.study / "data",
-                            config.eval.max_gen_toks)
+                            config.eval.max_gen_toks, config.tasks.sources)
         result["metrics"] = {t.name: t.metric for t in suite.tasks}
+        result["scorers"] = {t.name: t.scorer for t in suite.tasks}
+        result["data_rows"] = {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name])}
+                               for t in suite.tasks}
         result["chance"] = {t.name: t.chance(suite.test[t.name][:config.eval.limit]) for t in suite.tasks}
         model, tokenizer = load_backbone(config.backbone.name, config.backbone.dtype, config.seed, on)
         method = methods.build(config.method.name, config.method.options)
-        result["base"] = base_scores(config, model, tokenizer, suite)
+        judge = build_judge(config.eval.judge) if config.eval.judge else None
+        result["base"] = base_scores(config, model, tokenizer, suite, judge)
         features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows]
                     for t, rows in suite.train.items()}
         trainer = Trainer(model, method, config.train, tokenizer.pad_token_id, on, run_dir, progress)
@@ -87,10 +94,13 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False) ->
             data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, on,
                              config.seed, balanced)
             trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
-            scores = evaluate(method.export(trainer.model), tokenizer, suite, config.eval)
+            scores = evaluate(method.export(trainer.model), tokenizer, suite, config.eval, judge=judge)
             result["stages"].append({"stage": stage.index, "trained_on": stage.tasks, "steps_done": trainer.step,
                                      "scores": {t: s["score"] for t, s in scores.items()},
-                                     "nll": {t: s["nll"] for t, s in scores.items()}})
+                                     "nll": {t: s["nll"] for t, s in scores.items()},
+                                     "details": {t: {k: v for k, v in s.items() if k not in ("score", "nll")}
+                                                 for t, s in scores.items()}})
+            result["scorers"] = {t: s["scorer"] for t, s in scores.items()}
         result["status"] = "success"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then the grid goes on
         result["status"] = "failed"

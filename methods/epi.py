@@ -58,7 +58,8 @@ class EPI(IsolationMethod):
 
     def after_backward(self, step: int, model: nn.Module) -> None:
         if self.ema:
-            pairs = [(self.ema[n], p.grad.float()) for n, p in self.params.items() if p.grad is not None]
+            # Mixed precision is fine here: a bf16 gradient is promoted inside the kernel, no copy.
+            pairs = [(self.ema[n], p.grad) for n, p in self.params.items() if p.grad is not None]
             ema, grads = [e for e, _ in pairs], [g for _, g in pairs]
             torch._foreach_mul_(ema, self.config.beta)
             torch._foreach_addcmul_(ema, grads, grads, value=1.0 - self.config.beta)

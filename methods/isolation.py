@@ -89,7 +89,8 @@ class IsolationMethod(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = eligible_parameters(model, self.config.eligible)
         self.isolated: IsolatedSet = IsolatedSet(self.params)
-        self.eligible_count = sum(p.numel() for p in self.params.values())
+        self.sizes = {n: p.numel() for n, p in self.params.items()}
+        self.eligible_count = sum(self.sizes.values())
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
 
@@ -123,8 +124,8 @@ class IsolationMethod(Method):
             "refresh": self.refreshes, "step": step, "stage": self.stage, "isolated": count,
             "density": count / max(self.eligible_count, 1),
             "added": sum(a.numel() for a in added.values()),
-            "jaccard_prev": jaccard(previous, current) if self.refreshes > 1 else None,
-            "jaccard_first": jaccard(self.first, current),
+            "jaccard_prev": jaccard(previous, current, self.sizes) if self.refreshes > 1 else None,
+            "jaccard_first": jaccard(self.first, current, self.sizes),
             "per_layer": dict(sorted(per_layer.items())),
         }
         self.events.append(self.last_event)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from reports.load import Run  # noqa: E402
 from reports.metrics import drift_series, mean_std  # noqa: E402
-from reports.tables import final_scores, score_matrix  # noqa: E402
+from reports.tables import complete_matrix, final_scores, score_matrix  # noqa: E402
 
 PNG_META = {"Software": None}
 
@@ -63,7 +63,8 @@ def score_bars(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]
         fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(tasks), 3.5))
         width = 0.8 / len(present)
         for i, m in enumerate(present):
-            stats = [mean_std([final_scores(r)[t] for r in group if r.method == m]) for t in tasks]
+            finals = [final_scores(r) for r in group if r.method == m]
+            stats = [mean_std([f[t] for f in finals if t in f]) for t in tasks]
             ax.bar([j + i * width for j in range(len(tasks))], [s[0] or 0.0 for s in stats], width,
                    yerr=[s[1] or 0 for s in stats], capsize=2, label=m)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
@@ -79,7 +80,7 @@ def heatmaps(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str], 
     for backbone in sorted({r.backbone for r in runs if r.regime == "sequential"}):
         for m in methods:
             ok = [r for r in runs if r.regime == "sequential" and r.backbone == backbone and r.method == m
-                  and r.ok and len(r.data["stages"]) == len(tasks)]
+                  and complete_matrix(r, tasks)]
             if not ok:
                 continue
             mats = [score_matrix(r, tasks) for r in ok]

@@ -123,7 +123,16 @@ def ordered_tasks(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]
 
 
 def final_scores(run: Run) -> dict[str, float]:
-    return dict(run.data["stages"][-1]["scores"]) if run.ok and run.data["stages"] else {}
+    """Scores after the last stage; a task without a score (e.g. no parsable judge reply) is absent."""
+    if not run.ok or not run.data["stages"]:
+        return {}
+    return {t: s for t, s in run.data["stages"][-1]["scores"].items() if s is not None}
+
+
+def complete_matrix(run: Run, tasks: Sequence[str]) -> bool:
+    """A successful sequential run with a score for every task after every stage."""
+    return run.ok and len(run.data["stages"]) == len(tasks) and all(
+        s["scores"].get(t) is not None for s in run.data["stages"] for t in tasks)
 
 
 def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[list[float]]:
@@ -164,8 +173,9 @@ def best_per_task(groups: Sequence[tuple[str, str, list[Run]]], tasks: Sequence[
 def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str, float]) -> dict[int, float]:
     out = {}
     for r in group:
-        if r.ok and all(t in best for t in tasks):
-            value = average_normalized({t: final_scores(r)[t] for t in tasks}, r.data["chance"], best)
+        final = final_scores(r)
+        if r.ok and all(t in best and t in final for t in tasks):
+            value = average_normalized({t: final[t] for t in tasks}, r.data["chance"], best)
             if value is not None:
                 out[r.seed] = value
     return out
@@ -177,13 +187,17 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
     rows = []
     for backbone, method, group in groups:
         ok = [r for r in group if r.ok]
-        values: list[list[float] | None] = [[final_scores(r)[t] for r in ok] or None for t in tasks]
+        finals = [final_scores(r) for r in ok]
+        values: list[list[float] | None] = [[f[t] for f in finals if t in f] or None for t in tasks]
         values.append(list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None)
         rows.append(([backbone, method, runs_label(group)], values))
-    note = ("Final scores (0-100, exact match or accuracy) after the last stage, mean ± sample std over seeds; "
+    scorers = {t: sorted({str(r.data.get("scorers", {}).get(t)) for r in runs if r.regime == regime and r.ok
+                          and r.data.get("scorers", {}).get(t)}) for t in tasks}
+    used = "; ".join(f"{t}: {' / '.join(s)}" for t, s in scorers.items() if s)
+    note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
             "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
             "best = best method mean for that backbone and task. runs = successful/expected "
-            "(failed and missing runs are listed, never averaged in).")
+            "(failed and missing runs are listed, never averaged in)." + (f" Scorers: {used}." if used else ""))
     return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm."], rows,
                  [True] * (len(tasks) + 1), note)
 
@@ -191,7 +205,7 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
 def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> Table:
     rows = []
     for backbone, method, group in _groups(runs, "sequential", methods):
-        ok = [r for r in group if r.ok and len(r.data["stages"]) == len(tasks)]
+        ok = [r for r in group if complete_matrix(r, tasks)]
         per_task = [forgetting(score_matrix(r, tasks)) for r in ok]
         values: list[list[float] | None] = [[f[j] for f in per_task] or None for j in range(len(tasks) - 1)]
         values.append(defined(average_forgetting(score_matrix(r, tasks)) for r in ok))

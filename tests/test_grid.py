@@ -52,10 +52,13 @@ def statuses(tmp_path: Path) -> dict[str, dict]:
 
 
 def test_expansion_counts_per_method_axes_and_stable_ids(tmp_path):
-    extra = '[grid.method_options.epi]\nrho = [0.01, 0.05]\nbeta = 0.8\n[grid.axes]\n"train.lr" = [0.001, 0.0003]'
+    extra = ('[grid.method_options.epi]\nrho = [0.01, 0.05]\nbeta = 0.8\n[grid.axes]\n"train.lr" = [0.001, 0.0003]\n'
+             '[grid.method_axes.lora]\n"train.weight_decay" = [0.0, 0.01]')
     path = grid_file(tmp_path, methods=("full_sft", "lora", "epi"), seeds=(0, 1, 2), extra=extra)
     cells = load_grid(path).cells
-    assert len(cells) == (1 + 1 + 2) * 3 * 2
+    assert len(cells) == (1 + 2 + 2) * 3 * 2
+    assert {c.train.weight_decay for c in cells if c.method.name == "lora"} == {0.0, 0.01}
+    assert {c.train.weight_decay for c in cells if c.method.name != "lora"} == {0.1}
     epi = [c for c in cells if c.method.name == "epi"]
     assert {c.method.options["rho"] for c in epi} == {0.01, 0.05} and all(c.method.options["beta"] == 0.8 for c in epi)
     assert all(c.method.options == {} for c in cells if c.method.name != "epi")

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 from bench.tasks.base import Row, Task
-from bench.tasks.lm_eval_files import write_task_files
+from bench.tasks.lm_eval_files import FORMAT_VERSION, write_task_files
 from bench.tasks.offline import OFFLINE_TASKS
+from bench.tasks.paper import PAPER_TASKS, DataError
 
-TASKS: dict[str, Task] = {t.name: t for t in OFFLINE_TASKS}
+TASKS: dict[str, Task] = {t.name: t for t in [*OFFLINE_TASKS, *PAPER_TASKS]}
 
 
 @dataclasses.dataclass
@@ -28,13 +29,18 @@ class Suite:
 
 
 def build_suite(names: list[str], seed: int, train_size: int, test_size: int, root: Path,
-                max_gen_toks: int) -> Suite:
-    """Generate (deterministically) and write the suite under ``root/<content hash>/``."""
-    key = json.dumps([names, seed, train_size, test_size, max_gen_toks]).encode()
+                max_gen_toks: int, sources: dict[str, str] | None = None) -> Suite:
+    """Load or generate (deterministically) and write the suite under ``root/<content hash>/``."""
+    sources = sources or {}
+    key = json.dumps([FORMAT_VERSION, names, seed, train_size, test_size, max_gen_toks, sorted(sources.items())]).encode()
     folder = root / hashlib.sha1(key).hexdigest()[:10]
     tasks = [TASKS[n] for n in names]
     train, test = {}, {}
     for task in tasks:
-        train[task.name], test[task.name] = task.generate(seed, train_size, test_size)
+        source = sources.get(task.name, "hub" if task.loader else "generated")
+        train[task.name], test[task.name] = task.split(seed, train_size, test_size, source)
+        if any(r["target"] is None for r in train[task.name] + test[task.name]):
+            raise DataError(f"task {task.name!r} from {source}: rows without a reference answer (prompts only) "
+                            f"can be neither trained on nor scored by ROUGE-L; use data with responses")
         write_task_files(task, train[task.name], test[task.name], folder, max_gen_toks)
     return Suite(tasks, train, test, folder / "lm_eval")

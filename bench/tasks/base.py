@@ -1,8 +1,16 @@
-"""A task: seeded rows (prompt, target, optional choices), its prompt format and its scoring.
+"""A task: rows (prompt, target, optional choices), its prompt format and its scoring.
 
 Every row is ``{"prompt": str, "target": str}`` plus, for multiple choice, ``"choices"`` and
-``"gold"`` (index of the right choice; ``target == choices[gold]``). The training text is
-``prompt + " " + target``; the loss covers the target tokens (and the end-of-text token) only.
+``"gold"`` (index of the right choice; ``target == choices[gold]``), and where the scored answer
+differs from the training target (GSM8K's final number), ``"eval_target"``. The training text
+is ``prompt + " " + target``; the loss covers the target tokens (and end-of-text) only.
+
+Kinds and their scorers (all through lm-eval tasks):
+- ``generate``: greedy generation, exact match (0-100);
+- ``gsm8k``: greedy generation, exact match of the last number in the output (0-100);
+- ``choice``: log-likelihood of each choice, accuracy (0-100);
+- ``open``: greedy generation, ROUGE-L F1 against the reference (0-100), or an LLM judge (1-10)
+  when one is configured.
 """
 
 from __future__ import annotations
@@ -14,29 +22,47 @@ from typing import Any
 
 Row = dict[str, Any]
 
+METRIC = {"generate": ("exact_match", "none"), "gsm8k": ("exact_match", "flexible-extract"),
+          "choice": ("acc", "none"), "open": ("rougeL", "none")}
+SCORER = {"generate": "exact match", "gsm8k": "exact match (final number)", "choice": "accuracy (log-likelihood)",
+          "open": "ROUGE-L F1"}
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """One task family. ``make(rng)`` returns one random row."""
+    """One task. Offline tasks have ``make(rng) -> row``; paper tasks a ``loader``."""
 
     name: str
     family: str
-    kind: str  # "generate" (exact match) | "choice" (log-likelihood accuracy)
-    make: Callable[[random.Random], Row]
+    kind: str
+    make: Callable[[random.Random], Row] | None
     description: str
+    loader: Callable[..., tuple[list[Row], list[Row]]] | None = None
 
     @property
     def metric(self) -> str:
-        return "exact_match" if self.kind == "generate" else "acc"
+        """lm-eval's result key for the score, e.g. ``exact_match,none``."""
+        return ",".join(METRIC[self.kind])
+
+    @property
+    def scorer(self) -> str:
+        return SCORER[self.kind]
 
     def chance(self, rows: list[Row]) -> float:
-        """Score (0-100) of a guesser: 0 for exact match, mean 1/len(choices) for choice tasks."""
-        if self.kind == "generate":
+        """Score (0-100) of a guesser: mean 1/len(choices) for choice tasks, else 0."""
+        if self.kind != "choice":
             return 0.0
         return 100.0 * sum(1 / len(r["choices"]) for r in rows) / len(rows)
 
+    def split(self, seed: int, train_size: int, test_size: int, source: str = "generated") -> tuple[list[Row], list[Row]]:
+        """Deterministic (train, test) rows for ``seed``."""
+        if self.loader is not None:
+            return self.loader(self, seed, train_size, test_size, source)
+        return self.generate(seed, train_size, test_size)
+
     def generate(self, seed: int, train_size: int, test_size: int) -> tuple[list[Row], list[Row]]:
-        """Disjoint (by prompt) train and test rows, deterministic in ``seed``."""
+        """Disjoint (by prompt) generated train and test rows, deterministic in ``seed``."""
+        assert self.make is not None, f"task {self.name} has no generator"
         rng = random.Random(f"{self.name}:{seed}")
         rows: dict[str, Row] = {}
         want = train_size + test_size
