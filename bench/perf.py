@@ -27,13 +27,15 @@ from bench.data import IGNORE, Feature, StageData
 from bench.models import LLAMA_SHAPES, load_backbone
 from bench.train import Trainer
 
+# Masks from step 1 on, and no refresh inside the timed steps: a refresh is timed on its own.
+ONE_MASK = {"warmup_steps": 1, "refresh_every": 10**9}
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("full_sft", "full_sft", {}),
     ("lora", "lora", {}),
     ("static_isolation", "static_isolation", {"calibration_batches": 2}),
-    ("epi (ema)", "epi", {"importance": "ema"}),
-    ("epi (adam_v)", "epi", {"importance": "adam_v"}),
-    ("random_isolation", "random_isolation", {}),
+    ("epi (ema)", "epi", {"importance": "ema", **ONE_MASK}),
+    ("epi (adam_v)", "epi", {"importance": "adam_v", **ONE_MASK}),
+    ("random_isolation", "random_isolation", ONE_MASK),
 ]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -84,9 +86,7 @@ def measure(variant: tuple[str, str, dict[str, Any]], args: argparse.Namespace, 
         torch.cuda.reset_peak_memory_stats()
     model, tokenizer = load_backbone(args.backbone, args.dtype, 0, on)
     n_params = sum(p.numel() for p in model.parameters())
-    refresh_every = args.warmup + steps + 1000  # refreshes are timed on their own, not inside steps
-    opts = {**options, **({"refresh_every": refresh_every, "warmup_steps": 1} if name in ("epi", "random_isolation") else {})}
-    method = methods.build(name, opts)
+    method = methods.build(name, options)
     config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1)
     trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, on, progress=False)
     scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
@@ -110,7 +110,7 @@ def measure(variant: tuple[str, str, dict[str, Any]], args: argparse.Namespace, 
         refresh_s = time.perf_counter() - start
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
-    out = {"variant": label, "method": name, "options": opts, "params": n_params, "step_times_s": times,
+    out = {"variant": label, "method": name, "options": options, "params": n_params, "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
            "state_bytes": state, "refresh_s": refresh_s,
            "tokens_per_step": sum(len(r[0]) for r in batches[-1])}
