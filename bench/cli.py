@@ -17,15 +17,23 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load(loader: Any, args: argparse.Namespace) -> Any:
+    """``loader(config, overrides)``, or None after printing the config error."""
     from bench.config import ConfigError
+
+    try:
+        return loader(args.config, _overrides(args.set))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     from bench.grid import load_cells
     from bench.run import execute
 
-    try:
-        cells = load_cells(args.config, _overrides(args.set))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    cells = _load(load_cells, args)
+    if cells is None:
         return 2
     if not 0 <= args.cell < len(cells):
         print(f"error: --cell {args.cell} out of range: {args.config} has {len(cells)} cell(s)", file=sys.stderr)
@@ -44,14 +52,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from bench.config import ConfigError
     from bench.grid import load_grid
     from bench.ray_grid import describe, run_grid
 
-    try:
-        grid = load_grid(args.config, _overrides(args.set))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    grid = _load(load_grid, args)
+    if grid is None:
         return 2
     if args.dry_run:
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")

@@ -37,6 +37,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("epi (adam_v)", "epi", {"importance": "adam_v", **ONE_MASK}),
     ("random_isolation", "random_isolation", ONE_MASK),
 ]
+BASELINE = VARIANTS[0]  # ratios are taken to the first variant, full_sft
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -129,7 +130,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]], on: torch.device) -> list[di
                      "state_bytes_per_param": first["state_bytes"] / first["params"],
                      "refresh_s": statistics.median(refresh) if refresh else None,
                      "tokens_per_s": first["tokens_per_step"] / statistics.median(times), "params": first["params"]})
-    base = next(r for r in rows if r["variant"] == "full_sft")
+    base = rows[0]  # the baseline always runs first
     for r in rows:
         r["step_ratio"] = r["median_step_s"] / base["median_step_s"]
         r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] > 0 else None
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chosen = [v for v in VARIANTS if not args.variants or v[0] in args.variants.split(",")]
-    if chosen[0][0] != "full_sft":
-        chosen = [VARIANTS[0], *chosen]
+    if chosen[0] is not BASELINE:
+        chosen = [BASELINE, *chosen]
     # Token ids below every backbone's vocabulary (the ids' values do not change the cost).
     vocab = 258 if args.backbone == "tiny-llama" else LLAMA_SHAPES.get(args.backbone, {}).get("vocab_size", 32000)
     rows = synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0)
