@@ -15,7 +15,7 @@ Hook order for one run (``step`` counts optimizer steps, never micro-batches)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -109,10 +109,3 @@ class Method:
         """Records produced since the last call (e.g. one per mask refresh), for ``masks.jsonl``."""
         return []
 
-
-def trainable_count(model: nn.Module) -> int:
-    """Number of entries the optimizer may change."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-OptionsValidator = Callable[[dict[str, Any]], MethodConfig]

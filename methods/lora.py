@@ -51,6 +51,3 @@ class LoRA(Method):
         merged: nn.Module = cast(Any, copy.deepcopy(model)).merge_and_unload()
         merged.eval()
         return merged
-
-    def stats(self) -> dict[str, float]:
-        return {}

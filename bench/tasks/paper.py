@@ -225,14 +225,10 @@ def paper_split(task: Task, seed: int, train_size: int, test_size: int, source: 
     return train[:train_size], test[:test_size]
 
 
-def _loader(name: str) -> Callable[..., tuple[list[Row], list[Row]]]:
-    return lambda task, seed, train_size, test_size, source: paper_split(task, seed, train_size, test_size, source)
-
-
 PAPER_TASKS = [
-    Task("gsm8k", "math", "gsm8k", None, "GSM8K, exact match on the final number", loader=_loader("gsm8k")),
-    Task("codealpaca", "code", "open", None, "CodeAlpaca-20k, judge 1-10 or ROUGE-L", loader=_loader("codealpaca")),
-    Task("logiqa", "logic", "choice", None, "LogiQA, 4-way log-likelihood accuracy", loader=_loader("logiqa")),
-    Task("alpaca", "instructions", "open", None, "Alpaca, judge 1-10 or ROUGE-L", loader=_loader("alpaca")),
-    Task("ultrachat", "chat", "open", None, "UltraChat, judge 1-10 or ROUGE-L", loader=_loader("ultrachat")),
+    Task("gsm8k", "math", "gsm8k", None, "GSM8K, exact match on the final number", loader=paper_split),
+    Task("codealpaca", "code", "open", None, "CodeAlpaca-20k, judge 1-10 or ROUGE-L", loader=paper_split),
+    Task("logiqa", "logic", "choice", None, "LogiQA, 4-way log-likelihood accuracy", loader=paper_split),
+    Task("alpaca", "instructions", "open", None, "Alpaca, judge 1-10 or ROUGE-L", loader=paper_split),
+    Task("ultrachat", "chat", "open", None, "UltraChat, judge 1-10 or ROUGE-L", loader=paper_split),
 ]
