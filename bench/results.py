@@ -1,36 +1,34 @@
-"""Result files of a run: ``result.json`` (atomic), and what goes in it besides scores
-(versions, git commit, hardware), so every number can be traced and reproduced."""
+"""Writing and reading a run's ``result.json`` (schema: ``reports.schema``), and the provenance
+that goes in it (versions, hardware, git commit and worktree state), so every number can be
+traced and reproduced."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import os
 import platform
+import resource
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench.tasks.lm_eval_files import atomic_write
+from bench.files import atomic_write
+from reports.schema import Provenance, Result, ResultError, read_result_file
 
 RESULT = "result.json"
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = ["RESULT", "Result", "ResultError", "provenance", "read_result", "write_result"]
 
 
-def write_result(run_dir: Path, result: dict[str, Any]) -> None:
-    atomic_write(run_dir / RESULT, json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+def write_result(run_dir: Path, result: Result) -> None:
+    atomic_write(run_dir / RESULT, result.to_json())
 
 
-def read_result(run_dir: Path) -> dict[str, Any] | None:
-    """The run's result, or None when absent or unreadable (a crash never leaves half a file,
-    but a foreign or truncated file is treated as missing)."""
-    try:
-        return json.loads((run_dir / RESULT).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def is_done(run_dir: Path) -> bool:
-    result = read_result(run_dir)
-    return bool(result) and result.get("status") == "success"
+def read_result(run_dir: Path) -> Result | None:
+    """The run's result; None when absent; ``ResultError`` (naming the file) when corrupt."""
+    return read_result_file(run_dir / RESULT)
 
 
 def versions() -> dict[str, str | None]:
@@ -43,17 +41,34 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5, check=True).stdout.strip() or None
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10,
+                              check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def hardware() -> dict[str, Any]:
-    import os
+def git_state() -> dict[str, Any]:
+    """Commit, dirty flag and a hash of the uncommitted change (tracked diff + untracked files'
+    names and contents), so that two runs of different uncommitted code never look alike."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha1": None}
+    diff = _git("diff", "HEAD", "--binary") or ""
+    untracked = [u for u in (_git("ls-files", "--others", "--exclude-standard") or "").splitlines() if u]
+    digest = hashlib.sha1(diff.encode())
+    for name in sorted(untracked):
+        digest.update(name.encode())
+        try:
+            digest.update((REPO / name).read_bytes())
+        except OSError:
+            continue
+    dirty = bool(diff or untracked)
+    return {"git_commit": commit.strip() or None, "git_dirty": dirty, "git_diff_sha1": digest.hexdigest() if dirty else None}
 
+
+def hardware() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(),
@@ -64,10 +79,12 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def peak_memory_bytes() -> int | None:
-    """CUDA max allocated on GPU, else the process's peak RSS."""
-    import resource
+def provenance() -> Provenance:
+    return Provenance(versions=versions(), hardware=hardware(), **git_state())
 
+
+def peak_memory_bytes() -> int:
+    """CUDA max allocated on GPU, else the process's peak RSS."""
     import torch
 
     if torch.cuda.is_available():

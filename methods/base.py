@@ -1,15 +1,33 @@
 """The one interface every fine-tuning method implements.
 
-The training loop (``bench/train.py``) owns forward, backward, clipping, the optimizer and the
-schedule; a method only acts through the hooks below, which all do nothing by default. Two runs
-that differ only in their ``Method`` object are therefore a fair comparison.
+The training loop (``bench/train.py``) owns forward, backward, clipping, the optimizer, the LR
+schedule and logging; a method only acts through the hooks below, which all do nothing by
+default. Two runs that differ only in their ``Method`` object are therefore a fair comparison.
+``step`` always counts optimizer steps done before the call, over all stages, never micro-batches.
 
-Hook order for one run (``step`` counts optimizer steps, never micro-batches)::
+Every call, in order, for one run::
 
-    prepare -> param_groups -> (optimizer built) ->
-    for each stage: on_stage_start -> [before_step -> backward(s) -> after_backward
-                                       -> clip -> optimizer.step -> after_step]* -> on_stage_end
-    export (before evaluation)
+    prepare(model) -> model                       once; freeze, inject adapters, allocate state
+    param_groups(model)                           once; the optimizer is then built from them
+    for each stage of the regime:
+        (the stage's LR scheduler is built)
+        on_stage_start(ctx)                       ctx: stage, step, data, model, optimizer
+        for each optimizer step:
+            before_step(step, model)
+            forward + backward of every micro-batch (under the run's precision)
+            after_backward(step, model)           gradients summed, before clipping
+            (gradients clipped; the loss is checked: a NaN/inf loss stops the run here)
+            optimizer.step(); scheduler.step()
+            after_step(step, model, optimizer)
+            (zero_grad; every ``log_every`` steps a metrics line takes ``stats()``)
+            drain_events()                        after every step: written to events/method.jsonl
+        on_stage_end(ctx)
+        drain_events()
+        export(model)                             a plain model for the stage's evaluation
+    state_dict() / load_state_dict()              whenever the trainer is saved or restored
+    stats()                                       also once more for result.json at the end
+
+Observers (``bench/observers.py``) get the same calls after the method, and never change state.
 """
 
 from __future__ import annotations
@@ -28,7 +46,8 @@ class StageData(Protocol):
     """What a method may see of a regime stage's training data (no paths, no run config).
 
     ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
-    task of it), ``loss(model, batch)`` is the exact loss the training loop optimizes.
+    task of it), ``loss(model, batch)`` is the exact loss the training loop optimizes (under the
+    run's precision policy).
     """
 
     stage: int
@@ -37,6 +56,17 @@ class StageData(Protocol):
     def batches(self, n: int, task: str | None = None) -> Iterator[Batch]: ...
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What ``on_stage_start`` and ``on_stage_end`` receive."""
+
+    stage: int
+    step: int  # optimizer steps done so far, over all stages
+    data: StageData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,10 +82,17 @@ class MethodConfig:
 
 
 class Method:
-    """Base class: every hook is a no-op, so a method overrides only what it changes."""
+    """Base class: every hook is a no-op, so a method overrides only what it changes.
+
+    ``isolates = True`` declares that the method freezes entries (``isolation_masks``); the
+    contract tests then require that it isolates something and keeps it bit-identical.
+    Events (``drain_events``) are dicts with a ``kind`` (e.g. ``"set_drift"``), ``step`` and
+    ``stage``; reports select them by kind, never by the method that wrote them.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    isolates: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -70,8 +107,8 @@ class Method:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
     # -- training -----------------------------------------------------------------------------
-    def on_stage_start(self, stage: int, data: StageData) -> None:
-        """Start of a regime stage (e.g. calibrate importance on a few batches)."""
+    def on_stage_start(self, ctx: StageContext) -> None:
+        """Start of a regime stage (e.g. calibrate importance on a few batches of ``ctx.data``)."""
 
     def before_step(self, step: int, model: nn.Module) -> None:
         """Before the micro-batches of optimizer step ``step``."""
@@ -82,8 +119,8 @@ class Method:
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer.step()`` (restore isolated entries, refresh masks)."""
 
-    def on_stage_end(self, stage: int, model: nn.Module) -> None:
-        """End of a regime stage."""
+    def on_stage_end(self, ctx: StageContext) -> None:
+        """End of a regime stage, before its evaluation."""
 
     # -- outputs ------------------------------------------------------------------------------
     def export(self, model: nn.Module) -> nn.Module:
@@ -106,6 +143,10 @@ class Method:
         return {}
 
     def drain_events(self) -> list[dict[str, Any]]:
-        """Records produced since the last call (e.g. one per mask refresh), for ``masks.jsonl``."""
+        """Events produced since the last call (each with ``kind``, ``step``, ``stage``)."""
         return []
 
+    def timed_operations(self) -> dict[str, Any]:
+        """Named zero-argument callables a cost benchmark may time on their own (``bench.perf``
+        reports ``<name>_s``), e.g. one mask refresh; default none."""
+        return {}

@@ -2,8 +2,8 @@
 
 1. Every optimizer step: ``I <- beta * I + (1 - beta) * g^2`` with g the accumulated gradient of
    the step's mixed batch, before clipping (``importance = "ema"``). ``importance = "adam_v"``
-   reads AdamW's ``exp_avg_sq`` instead (the same EMA with beta = beta2, after clipping) and keeps
-   no extra per-parameter state.
+   reads the optimizer's second moment instead (the same EMA with beta = beta2, after clipping)
+   and keeps no extra per-parameter state.
 2. After ``warmup_steps`` and then every ``refresh_every`` steps: per-tensor min-max
    normalization (``normalize = "layer_minmax"``; ``"none"`` is the paper's ablation) and one
    global top-rho selection -> the new mask. Released entries train again at the next step.
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.isolation import IsolationMethod, RefreshConfig
-from methods.masks import select_top_fraction
+from methods.importance import GradSquaredEMA, second_moment
+from methods.isolation import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 
@@ -45,48 +45,35 @@ class EPIConfig(RefreshConfig):
 
 
 @register("epi")
-class EPI(IsolationMethod):
+class EPI(RefreshingIsolation):
     Config = EPIConfig
     config: EPIConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
-        self.ema: dict[str, torch.Tensor] = {}
-        if self.config.importance == "ema":
-            self.ema = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
+        self.normalize = self.config.normalize == "layer_minmax"
+        self.ema = GradSquaredEMA(self.params, self.config.beta) if self.config.importance == "ema" else None
         return model
 
     def after_backward(self, step: int, model: nn.Module) -> None:
-        if self.ema:
-            # Mixed precision is fine here: a bf16 gradient is promoted inside the kernel, no copy.
-            pairs = [(self.ema[n], p.grad) for n, p in self.params.items() if p.grad is not None]
-            ema, grads = [e for e, _ in pairs], [g for _, g in pairs]
-            torch._foreach_mul_(ema, self.config.beta)
-            torch._foreach_addcmul_(ema, grads, grads, value=1.0 - self.config.beta)
+        if self.ema is not None:
+            self.ema.update()
         super().after_backward(step, model)  # then zero the isolated entries' gradients
 
-    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        super().after_step(step, model, optimizer)
-        if self.config.refresh_due(step + 1, self.refreshes):
-            self.refresh(step + 1, optimizer)
+    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        if self.ema is not None:
+            return self.ema.values
+        return {n: second_moment(optimizer, p) for n, p in self.params.items()}
 
-    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
-        """Select the new mask from the current importance and isolate it."""
-        if self.ema:
-            scores = self.ema
-        else:
-            scores = {n: optimizer.state[p]["exp_avg_sq"] for n, p in self.params.items()}
-        index = select_top_fraction(scores, self.config.rho,
-                                    normalize=self.config.normalize == "layer_minmax")
-        keys: tuple[str, ...] = ()
-        if self.config.reset_moments:
-            keys = ("exp_avg", "exp_avg_sq") if self.ema else ("exp_avg",)
-        self.isolate(index, steps_done, optimizer, keys)
+    def reset_keys(self) -> tuple[str, ...]:
+        if not self.config.reset_moments:
+            return ()
+        return ("exp_avg", "exp_avg_sq") if self.ema is not None else ("exp_avg",)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "ema": {n: t.clone() for n, t in self.ema.items()}}
+        return {**super().state_dict(), "ema": self.ema.state_dict() if self.ema is not None else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        for n, t in state["ema"].items():
-            self.ema[n].copy_(t)
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])

@@ -1,10 +1,19 @@
-"""Base class of the isolation methods: hold an ``IsolatedSet``, keep it bit-exact, log drift.
+"""Base classes of the isolation methods: hold an ``IsolatedSet``, keep it bit-exact, log drift.
 
-Subclasses decide *which* entries to isolate and *when* (``static_isolation``, ``epi``,
-``random_isolation``); they call ``self.isolate(index, ...)`` and this class does the rest:
+``IsolationMethod``: subclasses decide *which* entries to isolate and *when*
+(``static_isolation``); they call ``self.isolate(index, step)`` and this class does the rest:
 zero isolated gradients before clipping, restore frozen values after every optimizer step,
-optionally clear the Adam moments of entries that become isolated, and record one drift event
-per mask change (density, entries per layer, Jaccard with the previous and the first mask).
+optionally clear the Adam moments of entries that become isolated, and emit one ``set_drift``
+event per mask change (size, fraction, entries per layer, Jaccard with the previous and the
+first mask).
+
+``RefreshingIsolation``: a mask re-selected on a schedule (warm-up, then every
+``refresh_every`` steps) as the global top-rho of an abstract ``scores`` function (``epi``:
+gradient importance; ``random_isolation``: uniform noise).
+
+``index`` format of ``isolate``: ``{parameter name: 1-D integer tensor of flat indices into that
+parameter}`` (as ``methods.masks.select_top_fraction`` returns); names absent from it isolate
+nothing.
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.base import Method, MethodConfig
-from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard
+from methods.base import Method, MethodConfig, StageContext
+from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard, select_top_fraction
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -76,6 +85,7 @@ class IsolationMethod(Method):
     """Keeps isolated entries bit-identical; subclasses choose the mask."""
 
     config: IsolationConfig
+    isolates = True
 
     def __init__(self, config: IsolationConfig) -> None:
         super().__init__(config)
@@ -94,19 +104,21 @@ class IsolationMethod(Method):
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
 
+    def on_stage_start(self, ctx: StageContext) -> None:
+        self.stage = ctx.stage
+
     def after_backward(self, step: int, model: nn.Module) -> None:
         self.isolated.zero_grads()
 
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.isolated.restore()
 
-    def on_stage_start(self, stage: int, data: Any) -> None:
-        self.stage = stage
-
     # -- for subclasses ---------------------------------------------------------------------------
     def isolate(self, index: dict[str, torch.Tensor], step: int,
                 optimizer: torch.optim.Optimizer | None = None, reset_keys: tuple[str, ...] = ()) -> None:
-        """Make ``index`` the isolated set and record a drift event."""
+        """Make ``index`` (flat indices per parameter name) the isolated set, freezing the
+        entries' current values; clear ``reset_keys`` optimizer state of newly isolated entries;
+        record a ``set_drift`` event."""
         previous = dict(self.isolated.index)
         added = self.isolated.assign(index)
         if optimizer is not None and reset_keys:
@@ -121,12 +133,12 @@ class IsolationMethod(Method):
         count = self.isolated.count()
         self.refreshes += 1
         self.last_event = {
-            "refresh": self.refreshes, "step": step, "stage": self.stage, "isolated": count,
-            "density": count / max(self.eligible_count, 1),
+            "kind": "set_drift", "set": "isolation mask", "index": self.refreshes, "step": step,
+            "stage": self.stage, "size": count, "fraction": count / max(self.eligible_count, 1),
             "added": sum(a.numel() for a in added.values()),
             "jaccard_prev": jaccard(previous, current, self.sizes) if self.refreshes > 1 else None,
             "jaccard_first": jaccard(self.first, current, self.sizes),
-            "per_layer": dict(sorted(per_layer.items())),
+            "per_group": dict(sorted(per_layer.items())),
         }
         self.events.append(self.last_event)
 
@@ -155,3 +167,36 @@ class IsolationMethod(Method):
         self.isolated.load_state_dict(state["isolated"])
         self.first, self.refreshes = state["first"], state["refreshes"]
         self.stage, self.last_event = state["stage"], state["last_event"]
+
+
+class RefreshingIsolation(IsolationMethod):
+    """Re-selects the mask as the global top-rho of ``scores`` on ``RefreshConfig``'s schedule."""
+
+    config: RefreshConfig
+    normalize = False  # per-tensor min-max normalization before the global selection
+
+    def on_stage_start(self, ctx: StageContext) -> None:
+        super().on_stage_start(ctx)
+        self.optimizer, self.steps_done = ctx.optimizer, ctx.step
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().after_step(step, model, optimizer)
+        self.optimizer, self.steps_done = optimizer, step + 1
+        if self.config.refresh_due(step + 1, self.refreshes):
+            self.refresh(step + 1, optimizer)
+
+    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """Importance of every eligible entry (shaped like its parameter); higher = isolated first."""
+        raise NotImplementedError
+
+    def reset_keys(self) -> tuple[str, ...]:
+        """Optimizer state cleared for entries that become isolated (default: none)."""
+        return ()
+
+    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
+        """Select the new mask from the current scores and isolate it."""
+        index = select_top_fraction(self.scores(optimizer), self.config.rho, normalize=self.normalize)
+        self.isolate(index, steps_done, optimizer, self.reset_keys())
+
+    def timed_operations(self) -> dict[str, Any]:
+        return {"refresh": lambda: self.refresh(self.steps_done, self.optimizer)}

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.isolation import IsolationMethod, RefreshConfig
-from methods.masks import select_top_fraction
+from methods.isolation import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 
@@ -23,7 +22,7 @@ class RandomIsolationConfig(RefreshConfig):
 
 
 @register("random_isolation")
-class RandomIsolation(IsolationMethod):
+class RandomIsolation(RefreshingIsolation):
     Config = RandomIsolationConfig
     config: RandomIsolationConfig
 
@@ -33,15 +32,9 @@ class RandomIsolation(IsolationMethod):
         self.generator = torch.Generator(device=device).manual_seed(self.config.seed)
         return model
 
-    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        super().after_step(step, model, optimizer)
-        if self.config.refresh_due(step + 1, self.refreshes):
-            self.refresh(step + 1, optimizer)
-
-    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
-        """A new uniformly random mask of the same size."""
-        scores = {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
-        self.isolate(select_top_fraction(scores, self.config.rho, normalize=False), steps_done)
+    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """Uniform noise: a new random mask of the same size at every refresh."""
+        return {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}

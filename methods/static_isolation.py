@@ -1,7 +1,7 @@
 """Static isolation (CPI-FT style): estimate importance once, isolate the top-rho entries for the
 rest of training.
 
-Importance sources:
+Importance sources (``methods.importance``):
 - ``gradient``: mean of g^2 over ``calibration_batches`` batches of the stage's training mix at
   the starting weights; no update is made.
 - ``probe``: CPI-FT core regions. Per task, a copy of the model is fine-tuned for ``probe_steps``
@@ -14,14 +14,13 @@ at the end of that stage on that stage's data, is added to the isolated set.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import Any
 
 import torch
 from torch import nn
 
-from methods.base import StageData
+from methods.base import StageContext, StageData
+from methods.importance import mean_grad_squared, probe_displacement
 from methods.isolation import IsolationConfig, IsolationMethod
 from methods.masks import select_top_fraction
 from methods.registry import register
@@ -51,66 +50,34 @@ class StaticIsolation(IsolationMethod):
     Config = StaticIsolationConfig
     config: StaticIsolationConfig
 
-    def prepare(self, model: nn.Module) -> nn.Module:
-        self.model = model
-        self.steps_done = 0
-        return super().prepare(model)
-
-    def on_stage_start(self, stage: int, data: StageData) -> None:
-        super().on_stage_start(stage, data)
-        self.data = data
+    def on_stage_start(self, ctx: StageContext) -> None:
+        super().on_stage_start(ctx)
         if self.refreshes == 0:
-            self.isolate(self.core_region(data), self.steps_done)
+            self.isolate(self.core_region(ctx.model, ctx.data), ctx.step)
 
-    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        super().after_step(step, model, optimizer)
-        self.steps_done = step + 1
-
-    def on_stage_end(self, stage: int, model: nn.Module) -> None:
+    def on_stage_end(self, ctx: StageContext) -> None:
         if self.config.accumulate_per_stage:
-            core = self.core_region(self.data)
+            core = self.core_region(ctx.model, ctx.data)
             union = {n: torch.unique(torch.cat([self.isolated.index[n].long(), core[n]])) for n in core}
-            self.isolate(union, self.steps_done)
+            self.isolate(union, ctx.step)
 
-    def core_region(self, data: StageData) -> dict[str, torch.Tensor]:
+    def core_region(self, model: nn.Module, data: StageData) -> dict[str, torch.Tensor]:
         """Flat indices of the entries to isolate for ``data``."""
         normalize = self.config.normalize == "layer_minmax"
         if self.config.source == "gradient":
-            return select_top_fraction(self.importance(data), self.config.rho, normalize=normalize)
+            return select_top_fraction(self.importance(model, data), self.config.rho, normalize=normalize)
         union: dict[str, torch.Tensor] = {}
         for task in data.tasks:
-            core = select_top_fraction(self.probe(data, task), self.config.rho, normalize=normalize)
+            core = select_top_fraction(self.probe(model, data, task), self.config.rho, normalize=normalize)
             union = {n: torch.unique(torch.cat([union[n], i])) if n in union else i for n, i in core.items()}
         return union
 
-    def importance(self, data: StageData) -> dict[str, torch.Tensor]:
+    def importance(self, model: nn.Module, data: StageData) -> dict[str, torch.Tensor]:
         """Mean g^2 over the calibration batches at the current weights (no update)."""
-        scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
-        self.model.zero_grad(set_to_none=True)
-        for batch in data.batches(self.config.calibration_batches):
-            data.loss(self.model, batch).backward()
-            for n, p in self.params.items():
-                if p.grad is not None:
-                    scores[n].addcmul_(p.grad, p.grad, value=1.0 / self.config.calibration_batches)
-            self.model.zero_grad(set_to_none=True)
-        return scores
+        n = self.config.calibration_batches
+        return mean_grad_squared(model, self.params, data.batches(n), data.loss, n)
 
-    def probe(self, data: StageData, task: str) -> dict[str, torch.Tensor]:
+    def probe(self, model: nn.Module, data: StageData, task: str) -> dict[str, torch.Tensor]:
         """|theta_probe - theta_0| after a short fine-tune of a copy on ``task`` alone."""
-        probe = copy.deepcopy(self.model)
-        probe.zero_grad(set_to_none=True)
-        optimizer = torch.optim.AdamW([p for p in probe.parameters() if p.requires_grad],
-                                      lr=self.config.probe_lr, weight_decay=0.0)
-        for batch in data.batches(self.config.probe_steps, task=task):
-            data.loss(probe, batch).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        probed = dict(probe.named_parameters())
-        return {n: (probed[n].detach() - p.detach()).abs().float() for n, p in self.params.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "steps_done": self.steps_done}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.steps_done = state["steps_done"]
+        return probe_displacement(model, self.params, data.batches(self.config.probe_steps, task=task),
+                                  data.loss, self.config.probe_lr)

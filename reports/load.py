@@ -1,5 +1,7 @@
-"""Read a study folder: every ``<run_id>/result.json``, the grid manifest (``grid.json``, the
-cells that should exist) and each run's mask history. Nothing here imports torch or ray."""
+"""Read a study folder: every ``<run_id>/result.json`` (through ``reports.schema``, the one
+loader), the grid manifest (``grid.json``, the cells that should exist) and each run's events
+(``events/<source>.jsonl``; reports pick events by their ``kind``). Nothing here imports torch
+or ray."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import dataclasses
 import json
 from pathlib import Path
 from typing import Any
+
+from reports.schema import Result, ResultError, read_result_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,13 +22,14 @@ class Run:
     backbone: str
     regime: str
     seed: int
-    status: str  # success | failed | missing | running
-    result: dict[str, Any] | None
-    masks: list[dict[str, Any]]
+    status: str  # success | failed | missing | running | corrupt
+    result: Result | None
+    events: list[dict[str, Any]]
+    problem: str | None = None  # why a result file could not be read
 
     @property
-    def data(self) -> dict[str, Any]:
-        """The result dict (only for runs that have one)."""
+    def data(self) -> Result:
+        """The result (only for runs that have one)."""
         if self.result is None:
             raise ValueError(f"run {self.run_id} has no result")
         return self.result
@@ -33,11 +38,16 @@ class Run:
     def ok(self) -> bool:
         return self.status == "success"
 
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("kind") == kind]
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+def _read_events(run_dir: Path) -> list[dict[str, Any]]:
+    events = []
+    for path in sorted((run_dir / "events").glob("*.jsonl")):
+        source = path.stem
+        events += [{"source": source, **json.loads(line)} for line in path.read_text().splitlines() if line.strip()]
+    return events
 
 
 def load_study(study_dir: str | Path) -> list[Run]:
@@ -46,17 +56,26 @@ def load_study(study_dir: str | Path) -> list[Run]:
     if not study_dir.is_dir():
         raise FileNotFoundError(f"{study_dir}: no such study folder")
     runs: dict[str, Run] = {}
+    corrupt: dict[str, str] = {}
     for path in sorted(study_dir.glob("*/result.json")):
         try:
-            r = json.loads(path.read_text())
-        except ValueError:
+            r = read_result_file(path)
+        except ResultError as e:
+            corrupt[path.parent.name] = str(e)
             continue
-        runs[r["run_id"]] = Run(r["run_id"], r["method"], r["backbone"], r["regime"], int(r["seed"]),
-                                r.get("status", "failed"), r, _read_jsonl(path.parent / "masks.jsonl"))
+        if r is None:
+            continue
+        info = r.run
+        runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed, info.status, r,
+                                _read_events(path.parent))
     manifest = study_dir / "grid.json"
-    if manifest.is_file():
-        for cell in json.loads(manifest.read_text())["cells"]:
-            if cell["run_id"] not in runs:
-                runs[cell["run_id"]] = Run(cell["run_id"], cell["method"], cell["backbone"], cell["regime"],
-                                           int(cell["seed"]), "missing", None, [])
+    cells = json.loads(manifest.read_text())["cells"] if manifest.is_file() else []
+    for cell in cells:
+        if cell["run_id"] not in runs:
+            status = "corrupt" if cell["run_id"] in corrupt else "missing"
+            runs[cell["run_id"]] = Run(cell["run_id"], cell["method"], cell["backbone"], cell["regime"],
+                                       int(cell["seed"]), status, None, [], corrupt.get(cell["run_id"]))
+    for run_id, problem in corrupt.items():
+        if run_id not in runs:
+            runs[run_id] = Run(run_id, run_id.rsplit("-", 1)[0], "?", "?", -1, "corrupt", None, [], problem)
     return sorted(runs.values(), key=lambda r: (r.regime, r.backbone, r.method, r.seed, r.run_id))

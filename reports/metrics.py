@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 Matrix = Sequence[Sequence[float]]
+DRIFT = "set_drift"  # event kind: a set of entries re-selected over training (e.g. the entries a method freezes)
 
 
 def normalized_score(score: float, chance: float, best: float) -> float | None:
@@ -89,8 +90,9 @@ def paired_test(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
 
 
 def drift_series(events: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """From a run's mask events (``masks.jsonl``): steps, Jaccard with the previous mask and
-    with the first mask, and density, in refresh order."""
-    ordered = sorted(events, key=lambda e: e["refresh"])
+    """From a run's ``set_drift`` events (a tracked set of entries re-selected over training):
+    steps, Jaccard with the previous set and with the first set, and the set's fraction of the
+    entries, in selection order (``index``)."""
+    ordered = sorted(events, key=lambda e: e["index"])
     return {"step": [e["step"] for e in ordered], "jaccard_prev": [e.get("jaccard_prev") for e in ordered],
-            "jaccard_first": [e.get("jaccard_first") for e in ordered], "density": [e["density"] for e in ordered]}
+            "jaccard_first": [e.get("jaccard_first") for e in ordered], "fraction": [e["fraction"] for e in ordered]}

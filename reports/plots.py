@@ -1,5 +1,5 @@
 """PNG plots from loaded runs (matplotlib, Agg backend, no metadata timestamps so identical
-inputs give identical files): mask drift, per-task score bars, sequential heatmaps."""
+inputs give identical files): set drift, per-task score bars, sequential heatmaps."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reports.load import Run  # noqa: E402
-from reports.metrics import drift_series, mean_std  # noqa: E402
+from reports.metrics import DRIFT, drift_series, mean_std  # noqa: E402
 from reports.tables import complete_matrix, final_scores, score_matrix  # noqa: E402
 
 PNG_META = {"Software": None}
@@ -31,22 +31,22 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
-    """One figure per (regime, backbone, method) with mask events: Jaccard of each mask with the
-    previous one (solid) and with the first one (dashed), one colour per seed."""
+    """One figure per (regime, backbone, method) with ``set_drift`` events: Jaccard of each set
+    with the previous one (solid) and with the first one (dashed), one colour per seed."""
     paths = []
-    keys = sorted({(r.regime, r.backbone, r.method) for r in runs if r.masks})
+    keys = sorted({(r.regime, r.backbone, r.method) for r in runs if r.events_of(DRIFT)})
     for regime, backbone, method in keys:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for i, r in enumerate(sorted((r for r in runs if (r.regime, r.backbone, r.method) == (regime, backbone, method)
-                                      and r.masks), key=lambda r: r.seed)):
-            d = drift_series(r.masks)
+                                      and r.events_of(DRIFT)), key=lambda r: r.seed)):
+            d = drift_series(r.events_of(DRIFT))
             color = f"C{i}"
             prev = [(s, j) for s, j in zip(d["step"], d["jaccard_prev"]) if j is not None]
             if prev:
                 ax.plot(*zip(*prev), "-o", ms=3, color=color, label=f"seed {r.seed}: vs previous")
             ax.plot(d["step"], d["jaccard_first"], "--", color=color, label=f"seed {r.seed}: vs first")
         ax.set(xlabel="optimizer step", ylabel="Jaccard", ylim=(0, 1.05),
-               title=f"mask drift: {method} ({backbone}, {regime})")
+               title=f"set drift: {method} ({backbone}, {regime})")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out / f"drift_{slug(regime)}_{slug(backbone)}_{slug(method)}.png"))
     return paths

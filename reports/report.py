@@ -10,9 +10,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.load import load_study
+from reports.load import Run, load_study
 from reports.plots import drift_plots, heatmaps, score_bars
 from reports.tables import forgetting_table, main_table, ordered_methods, ordered_tasks, significance_table
+
+
+def error_type(run: Run) -> str | None:
+    error = run.result.run.error if run.result is not None else None
+    return error.type if error is not None else None
 
 
 def write(path: Path, text: str) -> None:
@@ -46,7 +51,6 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     failed = [r for r in runs if r.status == "failed"]
     missing = [r for r in runs if r.status not in ("success", "failed")]
     status = (f"{len(runs)} runs: {len(runs) - len(failed) - len(missing)} succeeded, {len(failed)} failed, "
-              f"{len(missing)} missing" + "".join(f"\n  failed: {r.run_id} ({(r.result or {}).get('error', {}).get('type')})"
-                                                  for r in failed)
-              + "".join(f"\n  missing: {r.run_id}" for r in missing))
+              f"{len(missing)} missing" + "".join(f"\n  failed: {r.run_id} ({error_type(r)})" for r in failed)
+              + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in missing))
     return "\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables and {len(plots)} plots to {out}"

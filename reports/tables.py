@@ -117,26 +117,26 @@ def ordered_tasks(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]
     if order:
         return list(order)
     for r in runs:
-        if r.result and r.result.get("tasks"):
-            return list(r.result["tasks"])
+        if r.result and r.result.run.tasks:
+            return list(r.result.run.tasks)
     return []
 
 
 def final_scores(run: Run) -> dict[str, float]:
     """Scores after the last stage; a task without a score (e.g. no parsable judge reply) is absent."""
-    if not run.ok or not run.data["stages"]:
+    if not run.ok or not run.data.evaluation.stages:
         return {}
-    return {t: s for t, s in run.data["stages"][-1]["scores"].items() if s is not None}
+    return {t: s for t, s in run.data.evaluation.stages[-1].scores.items() if s is not None}
 
 
 def complete_matrix(run: Run, tasks: Sequence[str]) -> bool:
     """A successful sequential run with a score for every task after every stage."""
-    return run.ok and len(run.data["stages"]) == len(tasks) and all(
-        s["scores"].get(t) is not None for s in run.data["stages"] for t in tasks)
+    return run.ok and len(run.data.evaluation.stages) == len(tasks) and all(
+        s.scores.get(t) is not None for s in run.data.evaluation.stages for t in tasks)
 
 
 def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[list[float]]:
-    return [[s[key][t] for t in tasks] for s in run.data["stages"]]
+    return [[getattr(s, key)[t] for t in tasks] for s in run.data.evaluation.stages]
 
 
 def _groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
@@ -175,7 +175,7 @@ def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str,
     for r in group:
         final = final_scores(r)
         if r.ok and all(t in best and t in final for t in tasks):
-            value = average_normalized({t: final[t] for t in tasks}, r.data["chance"], best)
+            value = average_normalized({t: final[t] for t in tasks}, r.data.evaluation.chance, best)
             if value is not None:
                 out[r.seed] = value
     return out
@@ -191,8 +191,8 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
         values: list[list[float] | None] = [[f[t] for f in finals if t in f] or None for t in tasks]
         values.append(list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None)
         rows.append(([backbone, method, runs_label(group)], values))
-    scorers = {t: sorted({str(r.data.get("scorers", {}).get(t)) for r in runs if r.regime == regime and r.ok
-                          and r.data.get("scorers", {}).get(t)}) for t in tasks}
+    scorers = {t: sorted({str(r.data.evaluation.scorers.get(t)) for r in runs if r.regime == regime and r.ok
+                          and r.data.evaluation.scorers.get(t)}) for t in tasks}
     used = "; ".join(f"{t}: {' / '.join(s)}" for t, s in scorers.items() if s)
     note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
             "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "

@@ -11,8 +11,11 @@ from bench.tasks.base import Row, Task
 from bench.tasks.lm_eval_files import FORMAT_VERSION, write_task_files
 from bench.tasks.offline import OFFLINE_TASKS
 from bench.tasks.paper import PAPER_TASKS, DataError
+from methods.registry import Registry
 
-TASKS: dict[str, Task] = {t.name: t for t in [*OFFLINE_TASKS, *PAPER_TASKS]}
+TASKS: Registry[Task] = Registry("task")
+for _task in [*OFFLINE_TASKS, *PAPER_TASKS]:
+    TASKS.add(_task.name, _task)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,40 @@
+"""Observers: read-only parts of the ``Trainer`` that watch training (drift, gradient conflict).
+
+An observer gets the same calls as the method (``methods.base`` lists them), always after the
+method, and must not change the model, its gradients or the optimizer: a run with and without
+observers trains identically. Its events go to ``events/<name>.jsonl`` like the method's, and
+its ``state_dict`` is saved with the trainer's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from methods.base import StageContext
+
+
+class Observer:
+    """Base class: every hook is a no-op."""
+
+    name: ClassVar[str] = "observer"
+
+    def on_stage_start(self, ctx: StageContext) -> None: ...
+
+    def before_step(self, step: int, model: nn.Module) -> None: ...
+
+    def after_backward(self, step: int, model: nn.Module) -> None: ...
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def on_stage_end(self, ctx: StageContext) -> None: ...
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...

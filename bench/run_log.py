@@ -1,0 +1,58 @@
+"""A run's line logs: ``metrics.jsonl`` (one line per logged step) and ``events/<source>.jsonl``
+(one file per event source: ``method`` and each observer; each event carries its ``kind``).
+
+Lines are buffered in memory and appended once per stage, so the step path does no disk I/O.
+Names of files here are generic: what an event means is said by its ``kind``, not its file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+EVENTS_DIR = "events"
+
+
+class RunLog:
+    """Buffered JSON lines for one run folder (or none: lines are then dropped at flush)."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self.run_dir = run_dir
+        self.metrics: list[str] = []
+        self.events: dict[str, list[str]] = {}
+
+    def metric(self, record: dict[str, Any]) -> None:
+        self.metrics.append(json.dumps(record))
+
+    def event(self, source: str, events: list[dict[str, Any]]) -> None:
+        if events:
+            self.events.setdefault(source, []).extend(json.dumps(e) for e in events)
+
+    def flush(self) -> None:
+        """Append the buffered lines to their files and empty the buffers."""
+        if self.run_dir is not None:
+            targets = [(self.run_dir / METRICS, self.metrics)]
+            targets += [(self.run_dir / EVENTS_DIR / f"{source}.jsonl", lines) for source, lines in self.events.items()]
+            for path, lines in targets:
+                if lines:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "a") as f:
+                        f.write("\n".join(lines) + "\n")
+        self.metrics, self.events = [], {}
+
+    def clear_files(self) -> None:
+        """Remove the files of an earlier attempt of this run (a fresh run starts empty)."""
+        if self.run_dir is None:
+            return
+        (self.run_dir / METRICS).unlink(missing_ok=True)
+        for path in (self.run_dir / EVENTS_DIR).glob("*.jsonl"):
+            path.unlink()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metrics": list(self.metrics), "events": {k: list(v) for k, v in self.events.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.metrics = list(state["metrics"])
+        self.events = {k: list(v) for k, v in state["events"].items()}
