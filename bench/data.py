@@ -38,10 +38,10 @@ def collate(features: Sequence[Feature], pad_id: int, on: torch.device) -> dict[
     width = max(len(ids) for ids, _ in features)
     ids = torch.full((len(features), width), pad_id, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
+    attention = torch.zeros((len(features), width), dtype=torch.long)
     for i, (x, y) in enumerate(features):
-        ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return {"input_ids": ids.to(on), "attention_mask": mask.to(on), "labels": labels.to(on)}
+        ids[i, :len(x)], labels[i, :len(y)], attention[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids.to(on), "attention_mask": attention.to(on), "labels": labels.to(on)}
 
 
 def answer_tokens(batch: dict[str, torch.Tensor]) -> int:

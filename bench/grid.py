@@ -6,13 +6,13 @@ config and therefore the same run id.
 
     [grid]
     seeds = [0, 1]
-    methods = ["full_sft", "epi"]
+    methods = ["full_sft", "lora"]
     backbones = ["tiny-llama"]          # default: the file's backbone.name
     regimes = ["sequential"]            # default: the file's regime
     max_concurrent_trials = 2           # default: as many as resources allow
     resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
-    [grid.method_options.epi]
-    rho = [0.01, 0.05]                  # a list = an axis; a scalar = a fixed option
+    [grid.method_options.lora]
+    r = [8, 16]                         # a list = an axis; a scalar = a fixed option
     target_modules = [["q_proj", "v_proj"]]   # a list-valued option: wrapped in one more list
     [grid.axes]
     "train.lr" = [1e-3, 3e-4]           # any dotted config key, crossed with everything

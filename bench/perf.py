@@ -7,7 +7,7 @@ allocated on GPU; on CPU the bytes of parameters, gradients, optimizer and metho
 parameter, the time of each operation a method offers for timing on its own
 (``Method.timed_operations``), tokens/s, and each as a ratio to the first variant. On GPU, the
 model FLOPs utilization of the first variant (6 x params x tokens / step time / peak bf16 FLOP/s).
-The variants are read from ``configs/perf.toml`` (``--variants-file``).
+The variants are read from ``configs/perf/variants.toml`` (``--variants-file``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from bench.models import load_backbone, resolve
 from bench.precision import Precision
 from bench.train import Trainer
 
-VARIANTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "perf.toml"
+VARIANTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "perf" / "variants.toml"
 Variant = tuple[str, str, dict[str, Any]]
 
 

@@ -1,4 +1,4 @@
-"""Run a grid's cells as Ray Tune trials: resources per trial, resume, failure isolation.
+"""Run a grid's cells as Ray Tune trials: resources per trial, resume, failures kept per cell.
 
 - Each invocation expands the grid and schedules only the cells still to do (no result.json
   with ``status == "success"``; with ``retry_failed`` only the failed ones), so re-running the
@@ -173,18 +173,21 @@ def _record_crash(config: RunConfig, error: BaseException) -> None:
 
 def write_manifest(grid: Grid) -> None:
     """``<study>/grid.json``: every cell the study expects, so a report can show missing ones
-    (merged with cells of other grid files writing to the same study)."""
+    (merged with cells of other grid files writing to the same study), and the grids' method
+    order, which the report's rows follow."""
     import json
 
     path = grid.study_dir / "grid.json"
-    cells = {}
+    cells, order = {}, []
     if path.is_file():
-        cells = {c["run_id"]: c for c in json.loads(path.read_text())["cells"]}
+        old = json.loads(path.read_text())
+        cells, order = {c["run_id"]: c for c in old["cells"]}, list(old.get("methods", []))
+    order += [m for m in dict.fromkeys(c.method.name for c in grid.cells) if m not in order]
     for c in grid.cells:
         cells[c.run_id] = {"run_id": c.run_id, "method": c.method.name, "backbone": c.backbone.name,
                            "regime": c.regime, "seed": c.seed, "options": c.method.options}
     grid.study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"cells": sorted(cells.values(), key=lambda c: c["run_id"])},
+    atomic_write(path, json.dumps({"methods": order, "cells": sorted(cells.values(), key=lambda c: c["run_id"])},
                                       indent=2, sort_keys=True) + "\n")
 
 

@@ -133,7 +133,7 @@ class IsolationMethod(Method):
         count = self.isolated.count()
         self.refreshes += 1
         self.last_event = {
-            "kind": "set_drift", "set": "isolation mask", "index": self.refreshes, "step": step,
+            "kind": "set_drift", "set": "mask", "index": self.refreshes, "step": step,
             "stage": self.stage, "size": count, "fraction": count / max(self.eligible_count, 1),
             "added": sum(a.numel() for a in added.values()),
             "jaccard_prev": jaccard(previous, current, self.sizes) if self.refreshes > 1 else None,

@@ -26,15 +26,15 @@ class RandomIsolation(RefreshingIsolation):
     Config = RandomIsolationConfig
     config: RandomIsolationConfig
 
+    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """Uniform noise: a new random mask of the same size at every refresh."""
+        return {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
+
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
         device = next(iter(self.params.values())).device
         self.generator = torch.Generator(device=device).manual_seed(self.config.seed)
         return model
-
-    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        """Uniform noise: a new random mask of the same size at every refresh."""
-        return {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}

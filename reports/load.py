@@ -79,3 +79,9 @@ def load_study(study_dir: str | Path) -> list[Run]:
         if run_id not in runs:
             runs[run_id] = Run(run_id, run_id.rsplit("-", 1)[0], "?", "?", -1, "corrupt", None, [], problem)
     return sorted(runs.values(), key=lambda r: (r.regime, r.backbone, r.method, r.seed, r.run_id))
+
+
+def method_order(study_dir: str | Path) -> list[str]:
+    """The order of methods in the study's grid files (``grid.json``), for table rows."""
+    manifest = Path(study_dir) / "grid.json"
+    return list(json.loads(manifest.read_text()).get("methods", [])) if manifest.is_file() else []

@@ -37,6 +37,8 @@ def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     keys = sorted({(r.regime, r.backbone, r.method) for r in runs if r.events_of(DRIFT)})
     for regime, backbone, method in keys:
         fig, ax = plt.subplots(figsize=(6, 3.5))
+        what = next(r.events_of(DRIFT)[0].get("set", "set") for r in runs
+                    if (r.regime, r.backbone, r.method) == (regime, backbone, method) and r.events_of(DRIFT))
         for i, r in enumerate(sorted((r for r in runs if (r.regime, r.backbone, r.method) == (regime, backbone, method)
                                       and r.events_of(DRIFT)), key=lambda r: r.seed)):
             d = drift_series(r.events_of(DRIFT))
@@ -46,7 +48,7 @@ def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
                 ax.plot(*zip(*prev), "-o", ms=3, color=color, label=f"seed {r.seed}: vs previous")
             ax.plot(d["step"], d["jaccard_first"], "--", color=color, label=f"seed {r.seed}: vs first")
         ax.set(xlabel="optimizer step", ylabel="Jaccard", ylim=(0, 1.05),
-               title=f"set drift: {method} ({backbone}, {regime})")
+               title=f"{what} drift: {method} ({backbone}, {regime})")
         ax.legend(fontsize=7)
         paths.append(_save(fig, out / f"drift_{slug(regime)}_{slug(backbone)}_{slug(method)}.png"))
     return paths

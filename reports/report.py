@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.load import Run, load_study
+from reports.load import Run, load_study, method_order
 from reports.plots import drift_plots, heatmaps, score_bars
 from reports.tables import forgetting_table, main_table, ordered_methods, ordered_tasks, significance_table
 
@@ -34,20 +34,20 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    method_order, task_order = ordered_methods(runs, methods), ordered_tasks(runs, tasks)
+    row_methods, task_order = ordered_methods(runs, methods or method_order(study_dir)), ordered_tasks(runs, tasks)
     shown = []
-    tables = [main_table(runs, regime, method_order, task_order) for regime in sorted({r.regime for r in runs})]
+    tables = [main_table(runs, regime, row_methods, task_order) for regime in sorted({r.regime for r in runs})]
     if any(r.regime == "sequential" for r in runs):
-        tables.append(forgetting_table(runs, method_order, task_order))
+        tables.append(forgetting_table(runs, row_methods, task_order))
     for table in tables:
         write(out / f"{table.name}.md", table.markdown())
         write(out / f"{table.name}.tex", table.latex())
         write(out / f"{table.name}.csv", table.csv())
         shown.append(f"## {table.name}\n\n{table.markdown()}")
-    for ext, text in significance_table(runs, method_order, task_order).items():
+    for ext, text in significance_table(runs, row_methods, task_order).items():
         write(out / f"significance.{ext}", text)
-    plots = drift_plots(runs, out) + score_bars(runs, method_order, task_order, out) + \
-        heatmaps(runs, method_order, task_order, out)
+    plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
+        heatmaps(runs, row_methods, task_order, out)
     failed = [r for r in runs if r.status == "failed"]
     missing = [r for r in runs if r.status not in ("success", "failed")]
     status = (f"{len(runs)} runs: {len(runs) - len(failed) - len(missing)} succeeded, {len(failed)} failed, "

@@ -61,9 +61,9 @@ class RunInfo:
 class StageResult:
     stage: int
     trained_on: list[str]
-    steps_done: int
     scores: dict[str, float | None]
     nll: dict[str, float | None]
+    steps_done: int | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -91,12 +91,15 @@ class Provenance:
     versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
     hardware: dict[str, Any] = dataclasses.field(default_factory=dict)
     git_commit: str | None = None
-    git_dirty: bool | None = None
-    git_diff_sha1: str | None = None
+    git_dirty: bool | None = None  # uncommitted changes (tracked or untracked) at run time
+    git_diff_sha1: str | None = None  # sha1 of those changes, None when clean
 
 
 @dataclasses.dataclass
 class Result:
+    """One run's result file."""
+
+
     run: RunInfo
     evaluation: Evaluation = dataclasses.field(default_factory=Evaluation)
     train: TrainInfo = dataclasses.field(default_factory=TrainInfo)
@@ -131,7 +134,8 @@ def _build(tp: Any, value: Any, key: str) -> Any:
                    and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ValueError(f"{key!r} lacks {', '.join(missing)}")
-        return tp(**{n: _build(hints[n], v, f"{key}.{n}") for n, v in value.items() if n in fields})
+        built = {n: _build(hints[n], v, f"{key}.{n}") for n, v in value.items() if n in fields}
+        return tp(**built)  # type: ignore[operator]
     if origin is list:
         if not isinstance(value, list):
             raise ValueError(f"{key!r} must be a list, got {type(value).__name__}")

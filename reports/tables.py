@@ -35,9 +35,6 @@ def number(x: float) -> str:
     return "0.0" if text == "-0.0" else text
 
 
-DEFAULT_METHOD_ORDER = ["full_sft", "lora", "static_isolation", "random_isolation", "epi"]
-
-
 @dataclasses.dataclass
 class Table:
     """Rows of label cells followed by per-seed value lists (None = no value)."""
@@ -108,8 +105,9 @@ def defined(values: Iterable[float | None]) -> list[float] | None:
 
 
 def ordered_methods(runs: Sequence[Run], order: Sequence[str] | None) -> list[str]:
+    """``order`` (e.g. the grid's ``methods``) first, then any other method, alphabetically."""
     present = {r.method for r in runs}
-    preferred = list(order or DEFAULT_METHOD_ORDER)
+    preferred = list(order or [])
     return [m for m in preferred if m in present] + sorted(present - set(preferred))
 
 

@@ -1,21 +1,34 @@
-"""A small driver around ``bench.train.Trainer`` for method-level tests: fixed rows per step,
-constant learning rate, no evaluation, so losses and parameters can be compared exactly."""
+"""A small driver around ``bench.train.Trainer`` for method-level tests: the real stage hooks,
+a constant learning rate, no evaluation, so losses and parameters can be compared exactly.
+
+``ContractCheck`` is an observer that records every broken promise of the Method interface
+while the harness trains: isolated entries that receive a gradient before clipping, isolated
+entries whose value changes during a step. ``contract_violations`` drives a method through
+three sequential stages with it and also fails a method that declares ``isolates`` but never
+isolates anything (so the check can never pass vacuously).
+"""
 
 from __future__ import annotations
 
-import copy
+import io
 from typing import Any
 
 import torch
 
 import methods
 from bench.config import TrainConfig
-from bench.data import StageData, encode
+from bench.data import StageData, Stream, encode
 from bench.models import tiny_llama
+from bench.observers import Observer
+from bench.precision import Precision
 from bench.tasks import TASKS
 from bench.train import Trainer
 
 CPU = torch.device("cpu")
+FP32 = Precision(torch.float32, None, CPU)
+# Options that make every isolation method isolate something within a few steps.
+FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "random_isolation": {"refresh_every": 2, "rho": 0.05},
+        "static_isolation": {"rho": 0.05, "calibration_batches": 2}}
 
 
 def rows(task: str = "arithmetic", n: int = 64, seed: int = 0) -> list[Any]:
@@ -24,45 +37,114 @@ def rows(task: str = "arithmetic", n: int = 64, seed: int = 0) -> list[Any]:
     return [encode(r, tok, 96) for r in train]
 
 
+class ContractCheck(Observer):
+    """Read-only observer that records violations of the isolation promises."""
+
+    name = "contract"
+
+    def __init__(self, method: methods.Method) -> None:
+        self.method = method
+        self.violations: list[str] = []
+        self.steps_with_isolation = 0
+        self.frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def before_step(self, step: int, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        self.frozen = {n: (m, params[n].detach()[m].clone()) for n, m in self.method.isolation_masks().items()
+                       if m.any()}
+        self.steps_with_isolation += bool(self.frozen)
+
+    def after_backward(self, step: int, model: torch.nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for n, (m, _) in self.frozen.items():
+            grad = params[n].grad
+            if grad is not None and bool(grad[m].any()):
+                self.violations.append(f"step {step}: isolated entries of {n} have a gradient before clipping")
+
+    def after_step(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        params = dict(model.named_parameters())
+        for n, (m, values) in self.frozen.items():
+            if not torch.equal(params[n].detach()[m], values):
+                self.violations.append(f"step {step}: isolated entries of {n} changed")
+
+
 class Harness:
-    """``Harness("epi", {"refresh_every": 2}).steps(5)`` -> losses of 5 optimizer steps."""
+    """``Harness("epi", {"refresh_every": 2}).steps(5)`` -> losses of 5 optimizer steps.
+
+    ``regime="multitask"``: one stage over all ``tasks``; ``"sequential"``: stage k trains on
+    ``tasks[k]`` (``next_stage`` moves on, through the real ``on_stage_end``/``on_stage_start``)."""
 
     def __init__(self, method: str, options: dict[str, Any] | None = None, seed: int = 0,
-                 tasks: tuple[str, ...] = ("arithmetic", "format"), **train: Any) -> None:
+                 tasks: tuple[str, ...] = ("arithmetic", "format"), regime: str = "multitask",
+                 check: bool = False, data_seed: int | None = None, **train: Any) -> None:
         torch.manual_seed(seed)
         model, self.tokenizer = tiny_llama(seed)
-        settings = {"batch_size": 4, "lr": 1e-2, "weight_decay": 0.1, "warmup_steps": 0, **train}
-        self.config = TrainConfig(**settings)
+        settings = {"batch_size": 4, "lr": 1e-2, "weight_decay": 0.1, "warmup_steps": 0,
+                    "schedule": "constant_with_warmup", **train}
+        self.config, self.regime = TrainConfig(**settings), regime
+        self.seed = seed if data_seed is None else data_seed  # seeds the stages' row order
         self.method = methods.build(method, options or {})
-        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, CPU, progress=False)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.trainer.optimizer, lambda _: 1.0)
+        self.check = ContractCheck(self.method) if check else None
+        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, FP32,
+                               observers=[self.check] if self.check else [], progress=False)
         self.rows = {t: rows(t) for t in tasks}
-        self.order = [f for t in tasks for f in self.rows[t]]
-        self.data = StageData(0, self.rows, self.config.batch_size, self.tokenizer.pad_token_id, CPU, seed, False)
-        self.method.on_stage_start(0, self.data)
+        self.start(0)
 
     @property
     def model(self) -> torch.nn.Module:
         return self.trainer.model
 
-    def batch(self, step: int) -> list[Any]:
-        b = self.config.batch_size
-        start = (step * b) % (len(self.order) - b)
-        return self.order[start:start + b]
+    def stage_rows(self, stage: int) -> dict[str, list[Any]]:
+        if self.regime == "multitask":
+            return self.rows
+        task = list(self.rows)[stage % len(self.rows)]
+        return {task: self.rows[task]}
+
+    def start(self, stage: int) -> None:
+        """Start (or, after ``load``, resume) ``stage``."""
+        rows = self.stage_rows(stage)
+        self.data = StageData(stage, rows, self.config.batch_size, self.tokenizer.pad_token_id, CPU, self.seed,
+                              False, FP32)
+        self.trainer.start_stage(stage, self.data, Stream(rows, f"{self.seed}:{stage}", False), 10**6)
+
+    def next_stage(self) -> None:
+        stage = self.trainer.stage
+        self.trainer.end_stage()
+        self.start(stage + 1)
 
     def step(self) -> float:
-        return self.trainer.train_step(self.batch(self.trainer.step), self.scheduler)
+        return self.trainer.step_once()
 
     def steps(self, n: int) -> list[float]:
         return [self.step() for _ in range(n)]
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"model": copy.deepcopy(self.model.state_dict()),
-                "optimizer": copy.deepcopy(self.trainer.optimizer.state_dict()),
-                "method": copy.deepcopy(self.method.state_dict()), "step": self.trainer.step}
+    def save(self) -> bytes:
+        """The whole trainer state, serialized as a checkpoint would be."""
+        buffer = io.BytesIO()
+        torch.save(self.trainer.state_dict(), buffer)
+        return buffer.getvalue()
 
-    def restore(self, snap: dict[str, Any]) -> None:
-        self.model.load_state_dict(snap["model"])
-        self.trainer.optimizer.load_state_dict(snap["optimizer"])
-        self.method.load_state_dict(copy.deepcopy(snap["method"]))
-        self.trainer.step = snap["step"]
+    def load(self, blob: bytes) -> None:
+        """Restore ``save``'s state into this harness and resume its stage."""
+        self.trainer.load_state_dict(torch.load(io.BytesIO(blob), weights_only=False))
+        self.start(self.trainer.stage)
+
+
+def contract_violations(name: str, options: dict[str, Any] | None = None, stages: int = 3,
+                        steps_per_stage: int = 3) -> list[str]:
+    """Drive method ``name`` through ``stages`` sequential stages (weight decay on) and list every
+    broken promise; an isolating method that never isolated anything is one too."""
+    h = Harness(name, FAST.get(name, {}) if options is None else options, regime="sequential",
+                tasks=("arithmetic", "format", "program"), check=True, weight_decay=0.1)
+    for stage in range(stages):
+        if stage:
+            h.next_stage()
+        h.steps(steps_per_stage)
+    h.trainer.end_stage()
+    assert h.check is not None
+    violations = list(h.check.violations)
+    isolated = sum(int(m.sum()) for m in h.method.isolation_masks().values())
+    if h.method.isolates and (isolated == 0 or h.check.steps_with_isolation == 0):
+        violations.append(f"{name} declares that it isolates but isolated nothing "
+                          f"({h.check.steps_with_isolation} steps with isolated entries, {isolated} at the end)")
+    return violations

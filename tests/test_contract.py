@@ -1,20 +1,32 @@
-"""Contract matrix: every registered method obeys the interface's promises."""
+"""Contract matrix: every registered method obeys the interface's promises, through three
+sequential stages with the real stage hooks, and the check itself is shown to catch breakage."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import methods
-from tests.harness import Harness
+from methods.epi import EPI
+from methods.isolation import IsolationConfig, IsolationMethod
+from methods.masks import select_top_fraction
+from methods.registry import METHODS, register
+from tests.harness import FAST, Harness, contract_violations
 
-# Options that make every isolation method isolate something within a few steps.
-FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "random_isolation": {"refresh_every": 2, "rho": 0.05},
-        "static_isolation": {"rho": 0.05, "calibration_batches": 2}}
+ROOT = Path(__file__).parents[1]
 
 
 def build(name: str, **kw) -> Harness:
     return Harness(name, FAST.get(name, {}), **kw)
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_contract_holds_through_three_stages(name):
+    assert contract_violations(name) == []
 
 
 @pytest.mark.parametrize("name", methods.names())
@@ -28,32 +40,51 @@ def test_trainable_entries_change(name):
 
 
 @pytest.mark.parametrize("name", methods.names())
-def test_isolated_entries_bit_identical_under_weight_decay(name):
-    h = build(name, weight_decay=0.1)
-    seen_masks = 0
-    for _ in range(9):  # several refreshes for epi/random (every 2 steps)
-        masks = h.method.isolation_masks()
-        params = dict(h.model.named_parameters())
-        frozen = {n: params[n].detach()[m].clone() for n, m in masks.items() if m.any()}
-        seen_masks += bool(frozen)
-        h.step()
-        for n, values in frozen.items():
-            assert torch.equal(params[n].detach()[masks[n]], values), f"{name}: isolated entries of {n} moved"
-    if name in FAST:
-        assert seen_masks >= 7, f"{name} isolated nothing: the check above would be vacuous"
-
-
-@pytest.mark.parametrize("name", methods.names())
-def test_state_dict_round_trip_continues_identically(name):
-    a = build(name)
-    a.steps(3)
-    snap = a.snapshot()
+def test_save_load_continue_is_bit_identical(name):
+    a = build(name, regime="sequential", tasks=("arithmetic", "format", "program"))
+    a.steps(2)
+    a.next_stage()
+    a.steps(3)  # mid-stage, after a refresh for the refreshing methods
+    blob = a.save()
     expected = a.steps(4)
-    b = build(name, seed=1)  # different init: everything must come from the snapshot
-    b.restore(snap)
-    assert b.steps(4) == expected
+    a.next_stage()
+    expected += a.steps(2)
+    torch.manual_seed(1234)  # a fresh trainer: other init, other global RNG; everything comes from the blob
+    b = build(name, seed=7, data_seed=0, regime="sequential", tasks=("arithmetic", "format", "program"))
+    b.load(blob)
+    got = b.steps(4)
+    b.next_stage()
+    got += b.steps(2)
+    assert got == expected
     for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         assert torch.equal(p, q), n
+    assert {k: torch.equal(v, b.method.isolation_masks()[k]) for k, v in a.method.isolation_masks().items()} == \
+        {k: True for k in a.method.isolation_masks()}
+
+
+CONTINUE = """
+import sys, torch
+from tests.harness import FAST, Harness
+name, blob, out = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+h = Harness(name, FAST.get(name, {}), seed=5, data_seed=0, regime="sequential", tasks=("arithmetic", "format", "program"))
+h.load(blob)
+losses = h.steps(3)
+torch.save({"losses": losses, "params": dict(h.model.named_parameters())}, out)
+"""
+
+
+def test_save_then_continue_in_a_fresh_process(tmp_path):
+    a = build("epi", regime="sequential", tasks=("arithmetic", "format", "program"))
+    a.steps(3)
+    (tmp_path / "state.pt").write_bytes(a.save())
+    expected = a.steps(3)
+    done = subprocess.run([sys.executable, "-c", CONTINUE, "epi", str(tmp_path / "state.pt"), str(tmp_path / "out.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert out["losses"] == expected
+    for n, p in a.model.named_parameters():
+        assert torch.equal(p, out["params"][n]), n
 
 
 @pytest.mark.parametrize("name", methods.names())
@@ -82,3 +113,70 @@ def test_masks_are_bool_per_parameter(name):
     params = dict(h.model.named_parameters())
     for n, m in h.method.isolation_masks().items():
         assert m.dtype == torch.bool and m.shape == params[n].shape
+
+
+# -- the contract check catches broken methods --------------------------------------------------------
+class MagnitudeFromStage1(IsolationMethod):
+    """The README's example of a new method: from the second stage on, isolate the top-rho
+    weights by magnitude (a class of methods the old single-stage harness never checked)."""
+
+    Config = IsolationConfig
+
+    def on_stage_start(self, ctx):  # noqa: ANN001, ANN201
+        super().on_stage_start(ctx)
+        if ctx.stage >= 1:
+            self.isolate(select_top_fraction({n: p.detach().abs() for n, p in self.params.items()}, self.config.rho),
+                         ctx.step)
+
+
+def no_restore(cls):  # noqa: ANN001, ANN201 - a broken copy: frozen values are never written back
+    class Broken(cls):
+        def prepare(self, model):  # noqa: ANN001, ANN201
+            model = super().prepare(model)
+            self.isolated.restore = lambda: None
+            return model
+    return Broken
+
+
+def no_grad_zeroing(cls):  # noqa: ANN001, ANN201 - a broken copy: isolated entries keep their gradient
+    class Broken(cls):
+        def prepare(self, model):  # noqa: ANN001, ANN201
+            model = super().prepare(model)
+            self.isolated.zero_grads = lambda: None
+            return model
+    return Broken
+
+
+def never_isolates(cls):  # noqa: ANN001, ANN201 - a broken copy that declares isolation and does none
+    class Broken(cls):
+        def isolate(self, index, step, optimizer=None, reset_keys=()):  # noqa: ANN001, ANN201
+            self.refreshes += 1
+    return Broken
+
+
+@pytest.fixture
+def temporary_methods():
+    added: list[str] = []
+
+    def add(name, cls):  # noqa: ANN001, ANN202
+        register(name)(cls)
+        added.append(name)
+        return name
+
+    yield add
+    for name in added:
+        METHODS.remove(name)
+
+
+def test_a_method_isolating_from_stage_1_is_checked(temporary_methods):
+    name = temporary_methods("magnitude_from_stage1", MagnitudeFromStage1)
+    assert contract_violations(name, {"rho": 0.05}) == []
+
+
+@pytest.mark.parametrize("base,options", [(EPI, FAST["epi"]), (MagnitudeFromStage1, {"rho": 0.05})])
+@pytest.mark.parametrize("mutation,symptom", [(no_restore, "changed"), (no_grad_zeroing, "gradient before clipping"),
+                                              (never_isolates, "isolated nothing")])
+def test_contract_fails_for_a_broken_isolation_method(temporary_methods, base, options, mutation, symptom):
+    name = temporary_methods(f"broken_{mutation.__name__}_{base.__name__.lower()}", mutation(base))
+    violations = contract_violations(name, options)
+    assert violations and any(symptom in v for v in violations), violations

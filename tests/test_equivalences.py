@@ -1,12 +1,17 @@
-"""Equivalences between methods and between batch layouts (DESIGN section 11)."""
+"""Equivalences between methods and between batch layouts."""
 
 from __future__ import annotations
 
 import torch
 
+from methods.base import StageContext
 from methods.masks import select_top_fraction
 from methods.static_isolation import StaticIsolation
 from tests.harness import Harness
+
+
+def context(h: Harness) -> StageContext:
+    return StageContext(0, h.trainer.step, h.data, h.model, h.trainer.optimizer)
 
 
 def max_diff(a: list[float], b: list[float]) -> float:
@@ -28,22 +33,22 @@ def test_epi_differs_from_full_sft_once_it_isolates():
 def test_epi_with_frozen_first_mask_equals_static_fed_the_same_importance():
     epi = Harness("epi", {"warmup_steps": 3, "max_refreshes": 1, "rho": 0.05})
     epi.steps(2)
-    before_mask = epi.snapshot()  # weights and optimizer just before the step that ends warm-up
+    before_mask = epi.save()  # the whole trainer just before the step that ends warm-up
     epi.step()
-    importance = {n: t.clone() for n, t in epi.method.ema.items()}
+    importance = {n: t.clone() for n, t in epi.method.ema.values.items()}
     mask = {n: i.clone() for n, i in epi.method.isolated.index.items()}
     expected = epi.steps(6)
 
     class Fed(StaticIsolation):
-        def importance(self, data):  # noqa: ANN001, ANN202 - the test feeds EPI's importance
+        def importance(self, model, data):  # noqa: ANN001, ANN202 - the test feeds EPI's importance
             return importance
 
     static = Harness("full_sft")
-    static.restore({**before_mask, "method": {}})
+    static.load(before_mask)  # full_sft ignores EPI's method state
     static.step()  # the same warm-up step, no isolation yet
     fed = Fed(Fed.Config(rho=0.05))
     fed.prepare(static.model)
-    fed.on_stage_start(0, static.data)
+    fed.on_stage_start(StageContext(0, static.trainer.step, static.data, static.model, static.trainer.optimizer))
     static.trainer.method = static.method = fed
     assert all(torch.equal(mask[n], fed.isolated.index[n]) for n in mask)
     assert static.steps(6) == expected
@@ -61,7 +66,7 @@ def test_adam_v_and_ema_select_the_same_first_mask():
 
 
 def test_adam_v_keeps_no_per_parameter_state():
-    assert Harness("epi", {"importance": "adam_v"}).method.ema == {}
+    assert Harness("epi", {"importance": "adam_v"}).method.ema is None
 
 
 def test_static_importance_does_not_update_the_model():
@@ -69,7 +74,7 @@ def test_static_importance_does_not_update_the_model():
     before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
     s = StaticIsolation(StaticIsolation.Config(source="probe", probe_steps=3, rho=0.05))
     s.prepare(h.model)
-    s.on_stage_start(0, h.data)
+    s.on_stage_start(context(h))
     assert s.isolated.count() > 0
     for n, p in h.model.named_parameters():
         assert torch.equal(p, before[n]), n
@@ -80,8 +85,8 @@ def test_probe_union_covers_every_task():
     h = Harness("full_sft", tasks=("arithmetic", "format", "program"))
     s = StaticIsolation(StaticIsolation.Config(source="probe", probe_steps=2, rho=0.02))
     s.prepare(h.model)
-    per_task = [select_top_fraction(s.probe(h.data, t), 0.02) for t in h.data.tasks]
-    s.on_stage_start(0, h.data)
+    per_task = [select_top_fraction(s.probe(h.model, h.data, t), 0.02) for t in h.data.tasks]
+    s.on_stage_start(context(h))
     for core in per_task:
         for n, idx in core.items():
             assert torch.isin(idx, s.isolated.index[n]).all()
@@ -99,7 +104,7 @@ def test_answer_only_output_layer_equals_the_full_forward():
     from bench.data import IGNORE, collate, summed_nll
 
     h = Harness("lora")
-    batch = collate(h.batch(0), h.tokenizer.pad_token_id, torch.device("cpu"))
+    batch = collate(h.rows["arithmetic"][:4], h.tokenizer.pad_token_id, torch.device("cpu"))
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     full = h.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]

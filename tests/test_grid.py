@@ -86,17 +86,17 @@ def test_grid_on_ray_isolates_a_failing_cell_and_resumes(tmp_path, capsys):
     assert main(["grid", str(path)]) == 1  # the lr = 1e30 cells fail, the grid goes on
     results = statuses(tmp_path)
     assert len(results) == 4
-    failed = {k for k, r in results.items() if r["status"] == "failed"}
-    assert len(failed) == 2 and all(results[k]["error"]["type"] == "NonFiniteLoss" for k in failed)
-    assert all(r["config"]["train"]["lr"] == 1e30 for k, r in results.items() if k in failed)
+    failed = {k for k, r in results.items() if r["run"]["status"] == "failed"}
+    assert len(failed) == 2 and all(results[k]["run"]["error"]["type"] == "NonFiniteLoss" for k in failed)
+    assert all(r["run"]["config"]["train"]["lr"] == 1e30 for k, r in results.items() if k in failed)
     assert "2 failed" in capsys.readouterr().out
-    stamps = {k: r["started_at"] + str(r["train"]["wall_s"]) for k, r in results.items()}
+    stamps = {k: r["run"]["started_at"] + str(r["train"]["wall_s"]) for k, r in results.items()}
     # Again: nothing to run. With --retry-failed: only the failed cells run (and fail again).
     assert main(["grid", str(path)]) == 1
     assert main(["grid", "--retry-failed", str(path)]) == 1
     again = statuses(tmp_path)
     for k, r in again.items():
-        same = r["started_at"] + str(r["train"]["wall_s"]) == stamps[k]
+        same = r["run"]["started_at"] + str(r["train"]["wall_s"]) == stamps[k]
         assert same == (k not in failed), k
 
 
@@ -106,17 +106,17 @@ def test_kill_9_of_the_driver_then_rerun_finishes_exactly_the_missing_cells(tmp_
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not any(r["status"] == "success" for r in statuses(tmp_path).values()):
+    while time.time() < deadline and not any(r["run"]["status"] == "success" for r in statuses(tmp_path).values()):
         time.sleep(0.5)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    before = {k: r["started_at"] for k, r in statuses(tmp_path).items() if r["status"] == "success"}
+    before = {k: r["run"]["started_at"] for k, r in statuses(tmp_path).items() if r["run"]["status"] == "success"}
     assert 1 <= len(before) < 4
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     after = statuses(tmp_path)
-    assert len(after) == 4 and all(r["status"] == "success" for r in after.values())
-    assert all(after[k]["started_at"] == v for k, v in before.items())  # finished cells not redone
+    assert len(after) == 4 and all(r["run"]["status"] == "success" for r in after.values())
+    assert all(after[k]["run"]["started_at"] == v for k, v in before.items())  # finished cells not redone
     dirs = [p for p in (tmp_path / "results" / "g").iterdir() if p.is_dir() and p.name[0] not in "._"]
     assert len([d for d in dirs if (d / "result.json").exists()]) == 4
     from bench.ray_grid import _ray_temp_dir, reap

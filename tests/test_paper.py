@@ -165,24 +165,27 @@ def test_paper_suite_run_on_shared_data_scores_both_tasks(tmp_path):
                  "--set", f"tasks.sources={sources}"]) == 0
     (path,) = tmp_path.glob("*/*/result.json")
     r = json.loads(path.read_text())
-    assert r["status"] == "success" and set(r["stages"][-1]["scores"]) == {"gsm8k", "logiqa"}
-    assert r["scorers"]["gsm8k"] == "exact match (final number)" and r["chance"]["logiqa"] == 25.0
-    assert all(v is not None and v > 0 for v in r["stages"][-1]["nll"].values())
+    ev = r["evaluation"]
+    assert r["run"]["status"] == "success" and set(ev["stages"][-1]["scores"]) == {"gsm8k", "logiqa"}
+    assert ev["scorers"]["gsm8k"] == "exact match (final number)" and ev["chance"]["logiqa"] == 25.0
+    assert all(v is not None and v > 0 for v in ev["stages"][-1]["nll"].values())
 
 
 @pytest.mark.slow
 def test_smollm2_conversion_and_cached_reload(tmp_path, monkeypatch):
     import time
 
+    import torch
+
     from bench.models import load_backbone
 
     monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))
-    model, tok = load_backbone("smollm2-135m", "auto", 0)
+    model, tok = load_backbone("smollm2-135m", torch.float32, 0)
     assert (tmp_path / "smollm2-135m" / "config.json").is_file()
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     ids = tok("The capital of France is", return_tensors="pt")
     text = tok.decode(model.generate(**ids, max_new_tokens=5, do_sample=False)[0])
     assert "Paris" in text
     start = time.perf_counter()
-    load_backbone("smollm2-135m", "auto", 0)
+    load_backbone("smollm2-135m", torch.float32, 0)
     assert time.perf_counter() - start < 10

@@ -6,7 +6,7 @@ import pytest
 
 import methods
 from methods.base import Method
-from methods.registry import _REGISTRY, register
+from methods.registry import METHODS, Registry, register
 
 
 def test_every_method_is_listed_with_documented_options():
@@ -21,7 +21,22 @@ def test_duplicate_and_bad_names_are_rejected():
         register("epi")(type("X", (Method,), {}))
     with pytest.raises(ValueError, match="must match"):
         register("Bad-Name")
-    assert "Bad-Name" not in _REGISTRY
+    assert "Bad-Name" not in METHODS
+
+
+def test_one_registry_idiom_for_methods_tasks_and_backbones():
+    from bench.models import BACKBONES
+    from bench.tasks import TASKS
+
+    for registry in (METHODS, TASKS, BACKBONES):
+        assert isinstance(registry, Registry) and len(registry) > 0
+    with pytest.raises(KeyError, match="Did you mean 'arithmetic'"):
+        TASKS.get("arithmetik")
+    with pytest.raises(KeyError, match="unknown backbone"):
+        BACKBONES.get("tiny-lama")
+    with pytest.raises(ValueError, match="already registered"):
+        TASKS.add("logic", TASKS["logic"])
+    assert BACKBONES["meta-llama/Meta-Llama-3-8B"].shape["hidden_size"] == 4096
 
 
 def test_unknown_name_suggests_close_matches():

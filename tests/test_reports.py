@@ -58,9 +58,9 @@ def test_paired_test_says_na_without_two_seeds():
     assert out["n"] == 3 and 0 < out["p"] < 1 and out["mean_diff"] == pytest.approx(1.0)
 
 
-def test_drift_series_orders_by_refresh():
-    events = [{"refresh": 2, "step": 20, "jaccard_prev": 0.5, "jaccard_first": 0.5, "density": 0.01},
-              {"refresh": 1, "step": 10, "jaccard_prev": None, "jaccard_first": 1.0, "density": 0.01}]
+def test_drift_series_orders_by_index():
+    events = [{"index": 2, "step": 20, "jaccard_prev": 0.5, "jaccard_first": 0.5, "fraction": 0.01},
+              {"index": 1, "step": 10, "jaccard_prev": None, "jaccard_first": 1.0, "fraction": 0.01}]
     assert drift_series(events)["step"] == [10, 20] and drift_series(events)["jaccard_prev"] == [None, 0.5]
 
 
@@ -75,9 +75,11 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
     (study / run_id).mkdir(parents=True)
     (study / run_id / "result.json").write_text(json.dumps(result))
     if method == "epi" and status == "success":
-        (study / run_id / "masks.jsonl").write_text("".join(json.dumps(
-            {"refresh": i + 1, "step": 10 * (i + 1), "jaccard_prev": None if i == 0 else 0.5 + 0.1 * i,
-             "jaccard_first": 1.0 - 0.2 * i, "density": 0.01}) + "\n" for i in range(3)))
+        (study / run_id / "events").mkdir()
+        (study / run_id / "events" / "method.jsonl").write_text("".join(json.dumps(
+            {"kind": "set_drift", "set": "mask", "index": i + 1, "step": 10 * (i + 1), "stage": i,
+             "jaccard_prev": None if i == 0 else 0.5 + 0.1 * i, "jaccard_first": 1.0 - 0.2 * i,
+             "fraction": 0.01}) + "\n" for i in range(3)))
 
 
 @pytest.fixture
@@ -89,7 +91,7 @@ def study(tmp_path: Path) -> Path:
     fake_run(s, "epi", 1, [[0, 0, 0]], status="failed")
     cells = [{"run_id": f"{m}-s{x}", "method": m, "backbone": "tiny", "regime": "sequential", "seed": x}
              for m in ("full_sft", "epi") for x in (0, 1, 2)]
-    (s / "grid.json").write_text(json.dumps({"cells": cells}))
+    (s / "grid.json").write_text(json.dumps({"methods": ["full_sft", "epi"], "cells": cells}))
     return s
 
 

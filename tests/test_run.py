@@ -24,31 +24,37 @@ def only_result(tmp_path: Path) -> dict:
 def test_smoke_run_writes_the_sequential_matrix(tmp_path, capsys):
     assert main(["run", SMOKE, *fast(tmp_path)]) == 0
     r = only_result(tmp_path)
+    run, ev, train, prov = r["run"], r["evaluation"], r["train"], r["provenance"]
     tasks = ["arithmetic", "logic", "program", "format"]
-    assert r["status"] == "success" and r["error"] is None and r["tasks"] == tasks
-    assert [s["trained_on"] for s in r["stages"]] == [[t] for t in tasks]
-    assert all(set(s["scores"]) == set(tasks) and set(s["nll"]) == set(tasks) for s in r["stages"])
-    assert set(r["base"]) == set(tasks) and r["chance"]["logic"] > 0
-    assert r["train"]["steps"] == 12 and r["train"]["wall_s"] > 0
-    assert r["versions"]["torch"] and r["config"]["method"]["name"] == "full_sft"
-    assert len((tmp_path / "smoke" / r["run_id"] / "metrics.jsonl").read_text().splitlines()) == 12
+    assert r["schema_version"] == 2
+    assert run["status"] == "success" and run["error"] is None and run["tasks"] == tasks
+    assert [s["trained_on"] for s in ev["stages"]] == [[t] for t in tasks]
+    assert all(set(s["scores"]) == set(tasks) and set(s["nll"]) == set(tasks) for s in ev["stages"])
+    assert set(ev["base"]) == set(tasks) and ev["chance"]["logic"] > 0
+    assert train["summary"]["steps"] == 12 and train["wall_s"] > 0 and train["precision"]["param_dtype"] == "float32"
+    assert prov["versions"]["torch"] and run["config"]["method"]["name"] == "full_sft"
+    assert prov["git_commit"] and isinstance(prov["git_dirty"], bool)
+    assert (prov["git_diff_sha1"] is not None) == prov["git_dirty"]
+    assert len((tmp_path / "smoke" / run["run_id"] / "metrics.jsonl").read_text().splitlines()) == 12
     # A second invocation does not train again.
     assert main(["run", SMOKE, *fast(tmp_path)]) == 0
-    assert only_result(tmp_path)["started_at"] == r["started_at"]
+    assert only_result(tmp_path)["run"]["started_at"] == run["started_at"]
 
 
 def test_isolation_method_run_records_mask_statistics(tmp_path):
     args = fast(tmp_path, "regime='multitask'", "train.steps_per_stage=6")
     assert main(["run", SMOKE, "--cell", "2", *args]) == 0  # cell 2 = epi, refresh every 5 steps
     r = only_result(tmp_path)
-    assert r["method"] == "epi" and len(r["stages"]) == 1
-    events = [json.loads(x) for x in (tmp_path / "smoke" / r["run_id"] / "masks.jsonl").read_text().splitlines()]
-    assert events and events[0]["step"] == 5 and abs(events[0]["density"] - 0.05) < 1e-3
+    assert r["run"]["method"] == "epi" and len(r["evaluation"]["stages"]) == 1
+    path = tmp_path / "smoke" / r["run"]["run_id"] / "events" / "method.jsonl"
+    events = [json.loads(x) for x in path.read_text().splitlines()]
+    assert events and events[0]["kind"] == "set_drift" and events[0]["step"] == 5
+    assert abs(events[0]["fraction"] - 0.05) < 1e-3
 
 
 def test_nan_loss_is_recorded_as_failed_with_its_step(tmp_path):
     assert main(["run", SMOKE, *fast(tmp_path, "train.lr=1e30")]) == 1
-    r = only_result(tmp_path)
+    r = only_result(tmp_path)["run"]
     assert r["status"] == "failed" and r["error"]["type"] == "NonFiniteLoss"
     assert isinstance(r["error"]["step"], int) and r["error"]["step"] >= 1
 
