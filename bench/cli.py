@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     config = cells[args.cell]
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
-    result = execute(config, force=args.force)
+    result = execute(config, force=args.force, restart=args.restart)
     error = result.run.error
     print(f"{result.run.run_id}: {result.run.status}"
           + (f" ({error.type}: {error.message}, step {error.step})" if error else ""))
@@ -62,7 +62,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
         print("\n".join(describe(grid)))
         return 0
-    counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed)
+    counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart)
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
     if counts["failed"]:
@@ -111,13 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--cell", type=int, default=0, help="which cell of a grid file (default 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
-    p.add_argument("--force", action="store_true", help="rerun even if a successful result exists")
+    p.add_argument("--force", action="store_true", help="rerun from step 0 even if a successful result exists")
+    p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start from step 0")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("grid", help="run a grid file's cells on Ray Tune (resumable)")
     p.add_argument("config")
     p.add_argument("--dry-run", action="store_true", help="print the expanded cells and resources, run nothing")
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the cells whose result says failed")
+    p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
     p.set_defaults(fn=cmd_grid)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")

@@ -17,6 +17,9 @@ from typing import Any
 
 import methods
 
+# Keys that say where and how often to save, not what is computed: excluded from the run id.
+OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights")
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names file, key and allowed."""
@@ -64,6 +67,14 @@ class TrainConfig:
     max_length: int = field(128, "tokens per training row (prompt + answer), truncated", minimum=8)
     log_every: int = field(1, "steps between metrics.jsonl lines", minimum=1)
     bf16: str = field("auto", "autocast bf16: auto = on GPU only", choices=("auto", "on", "off"))
+    checkpoint_every: int = field(-1, "optimizer steps between in-run checkpoints (plus one after every stage); "
+                                      "0 = off; -1 = auto: 100 on GPU, off on CPU", minimum=-1)
+    keep_final_weights: bool = field(False, "a successful run saves its final model (HF format) in <run_dir>/final/ "
+                                            "instead of deleting its checkpoint")
+
+    def checkpoint_interval(self, on_gpu: bool) -> int:
+        """``checkpoint_every`` with auto resolved."""
+        return (100 if on_gpu else 0) if self.checkpoint_every == -1 else self.checkpoint_every
 
     def __post_init__(self) -> None:
         if self.batch_size % self.grad_accum:
@@ -102,12 +113,22 @@ class RunConfig:
     method: MethodSpec = dataclasses.field(default_factory=MethodSpec)
 
     @property
-    def run_id(self) -> str:
-        """Method name + short hash of the canonical resolved config (results_dir excluded)."""
+    def config_hash(self) -> str:
+        """sha1 of the canonical resolved config, without the keys that cannot change a result
+        (``OPERATIONAL``): the same science always has the same hash."""
         canon = to_dict(self)
-        canon.pop("results_dir")
-        digest = hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.method.name}-{digest}"
+        for dotted in OPERATIONAL:
+            *path, last = dotted.split(".")
+            table = canon
+            for part in path:
+                table = table[part]
+            table.pop(last)
+        return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        """Method name + short config hash."""
+        return f"{self.method.name}-{self.config_hash[:10]}"
 
     @property
     def run_dir(self) -> Path:

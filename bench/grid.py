@@ -10,6 +10,7 @@ config and therefore the same run id.
     backbones = ["tiny-llama"]          # default: the file's backbone.name
     regimes = ["sequential"]            # default: the file's regime
     max_concurrent_trials = 2           # default: as many as resources allow
+    max_failures = 1                    # Ray retries of a trial whose process died (resumes from its checkpoint)
     resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
     [grid.method_options.lora]
     r = [8, 16]                         # a list = an axis; a scalar = a fixed option
@@ -41,6 +42,7 @@ class GridSpec:
     axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     method_axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_concurrent_trials: int = 0
+    max_failures: int = 1
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

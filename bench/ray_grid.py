@@ -4,7 +4,10 @@
   with ``status == "success"``; with ``retry_failed`` only the failed ones), so re-running the
   same command after a crash, Ctrl-C or ``kill -9`` finishes exactly the missing cells.
 - A trial writes its own ``result.json`` atomically (``bench.run.execute``); a trial whose
-  process dies without one is recorded as failed here, from Ray's error.
+  process dies is retried by Ray up to ``[grid] max_failures`` times (each retry resumes from
+  the run's checkpoint), then recorded as failed here, from Ray's error.
+- A cell with a checkpoint but no successful result resumes from it on the next invocation
+  (``--restart`` discards checkpoints).
 - Resources: 1 GPU per trial when GPUs are visible, else 1 CPU (``[grid] resources`` overrides);
   torch threads = CPUs of the trial, so CPU trials do not oversubscribe cores.
 - ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started
@@ -64,7 +67,7 @@ def _trial(space: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(space["threads"])))
     config = from_dict(RunConfig, space["cell"], "<grid cell>")
-    result = execute(config, progress=False)
+    result = execute(config, progress=False, restart=space["restart"])
     tune.report({"status_success": float(result.ok)})
 
 
@@ -99,7 +102,7 @@ class _Progress:
               f"{time.time() - self.started:.0f}s", file=sys.stderr, flush=True)
 
 
-def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False) -> dict[str, int]:
+def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False) -> dict[str, int]:
     """Run the cells still to do; returns counts of cell statuses after the run."""
     import ray
     from ray import tune
@@ -144,11 +147,11 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False)
         print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {per_trial} per trial", file=sys.stderr)
         tuner = tune.Tuner(
             tune.with_resources(_trial, per_trial),
-            param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1)},
+            param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1), "restart": restart},
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None),
             run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(study_dir / ".ray"), verbose=0, callbacks=[Callback()],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=grid.spec.max_failures)),
         )
         outcome = tuner.fit()
         for r in outcome:

@@ -9,9 +9,11 @@ error type, message and the step it reached, and is redone from scratch on the n
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 
 import methods
 from bench import results as res
+from bench.checkpoint import Checkpointer
 from bench.config import RunConfig, to_dict
 from bench.data import StageData, Stream, encode
 from bench.evaluate import evaluate
@@ -79,9 +82,40 @@ def load_suite(config: RunConfig, result: Result) -> Suite:
     return suite
 
 
+def open_checkpoint(config: RunConfig, result: Result, restart: bool) -> tuple[Checkpointer, dict[str, Any] | None]:
+    """The run's checkpointer and its last checkpoint (None: start from step 0). A resumed run
+    takes the stage results it had measured; a fresh one starts with empty logs."""
+    every = config.train.checkpoint_interval(torch.cuda.is_available())
+    checkpointer = Checkpointer(config.run_dir, config.config_hash, every,
+                                lambda: {"evaluation": copy.deepcopy(result.evaluation),
+                                         "resumed_from": list(result.run.resumed_from)})
+    if restart:
+        checkpointer.discard()
+    saved = checkpointer.load()
+    if saved is None:
+        RunLog(config.run_dir).clear_files()  # logs of an earlier attempt without a checkpoint
+        return checkpointer, None
+    result.evaluation = saved["run"]["evaluation"]
+    result.run.resumed_from = [*saved["run"]["resumed_from"], saved["step"]]
+    print(f"[run] {config.run_id}: resuming from the checkpoint at step {saved['step']}", file=sys.stderr)
+    return checkpointer, saved
+
+
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
-                  pad_id: int, progress: bool) -> Trainer:
-    return Trainer(model, method, config.train, pad_id, precision, run_dir=config.run_dir, progress=progress)
+                  pad_id: int, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None) -> Trainer:
+    trainer = Trainer(model, method, config.train, pad_id, precision, run_dir=config.run_dir, progress=progress,
+                      checkpointer=checkpointer)
+    if saved is not None:
+        trainer.load_state_dict(saved["trainer"])
+    return trainer
+
+
+def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> None:
+    """``<run_dir>/final/model`` (plain HF model, e.g. LoRA merged) plus the method's extras."""
+    folder = config.run_dir / "final"
+    trainer.method.export(trainer.model).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    trainer.method.save_extras(trainer.model, folder)
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
@@ -89,7 +123,8 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
     """Every stage of the regime: train, then evaluate all tasks on the exported model."""
     features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
     balanced = config.tasks.mix == "balanced"
-    for stage in stages(config.regime, config.tasks.names):
+    done = len(result.evaluation.stages)  # stages a resumed run had already evaluated
+    for stage in stages(config.regime, config.tasks.names)[done:]:
         rows = {t: features[t] for t in stage.tasks}
         stream = Stream(rows, f"{config.seed}:{stage.index}", balanced)
         data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, trainer.on,
@@ -102,6 +137,8 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
             scores={t: s["score"] for t, s in scores.items()}, nll={t: s["nll"] for t, s in scores.items()},
             details={t: {k: v for k, v in s.items() if k not in ("score", "nll")} for t, s in scores.items()}))
         result.evaluation.scorers = {t: s["scorer"] for t, s in scores.items()}
+        if trainer.checkpointer is not None:
+            trainer.checkpointer.save(trainer)
 
 
 def record_failure(result: Result, error: BaseException, trainer: Trainer | None) -> None:
@@ -117,6 +154,8 @@ def finish(result: Result, trainer: Trainer | None, method: methods.Method | Non
         trainer.flush()
         result.train.summary = trainer.summary()
         result.train.precision = trainer.precision.describe()
+        if trainer.checkpointer is not None:
+            result.train.checkpoint = dict(trainer.checkpointer.stats, every=trainer.checkpointer.every)
     if method is not None:
         result.train.method_stats = method.stats()
     result.train.wall_s = wall_s
@@ -124,8 +163,9 @@ def finish(result: Result, trainer: Trainer | None, method: methods.Method | Non
     result.run.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def execute(config: RunConfig, *, progress: bool = True, force: bool = False) -> Result:
-    """Train and evaluate one run; returns (and writes) its result."""
+def execute(config: RunConfig, *, progress: bool = True, force: bool = False, restart: bool = False) -> Result:
+    """Train and evaluate one run, resuming from its checkpoint if it has one (``restart``
+    discards it); returns (and writes) its result."""
     run_dir = config.run_dir
     try:
         previous = res.read_result(run_dir)
@@ -134,21 +174,25 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False) ->
     if previous is not None and previous.ok and not force:
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
-    RunLog(run_dir).clear_files()  # logs of an earlier, unfinished attempt
     result = new_result(config)
     start = time.perf_counter()
     trainer = method = None
     try:
+        checkpointer, saved = open_checkpoint(config, result, restart or force)
         seed_everything(config.seed)
         suite = load_suite(config, result)
         precision = Precision.from_config(config.backbone.dtype, config.train.bf16, device())
         model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
         method = methods.build(config.method.name, config.method.options)
         judge = build_judge(config.eval.judge) if config.eval.judge else None
-        with precision.autocast():
-            result.evaluation.base = base_scores(config, model, tokenizer, suite, judge)
-        trainer = build_trainer(config, precision, method, model, tokenizer.pad_token_id, progress)
+        if saved is None:
+            with precision.autocast():
+                result.evaluation.base = base_scores(config, model, tokenizer, suite, judge)
+        trainer = build_trainer(config, precision, method, model, tokenizer.pad_token_id, progress, checkpointer, saved)
         train_and_evaluate(config, trainer, suite, tokenizer, judge, result)
+        if config.train.keep_final_weights:
+            keep_final_weights(config, trainer, tokenizer)
+        checkpointer.discard()
         result.run.status = "success"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then the grid goes on
         record_failure(result, e, trainer)

@@ -50,9 +50,30 @@ class RunLog:
         for path in (self.run_dir / EVENTS_DIR).glob("*.jsonl"):
             path.unlink()
 
+    def files(self) -> list[Path]:
+        if self.run_dir is None:
+            return []
+        return [p for p in [self.run_dir / METRICS, *sorted((self.run_dir / EVENTS_DIR).glob("*.jsonl"))] if p.is_file()]
+
     def state_dict(self) -> dict[str, Any]:
-        return {"metrics": list(self.metrics), "events": {k: list(v) for k, v in self.events.items()}}
+        """Buffered lines, and the size of every log file on disk now (see ``load_state_dict``)."""
+        assert self.run_dir is None or all(p.is_relative_to(self.run_dir) for p in self.files())
+        return {"metrics": list(self.metrics), "events": {k: list(v) for k, v in self.events.items()},
+                "on_disk": {str(p.relative_to(self.run_dir)): p.stat().st_size for p in self.files()}
+                if self.run_dir is not None else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the buffers and cut every log file back to its size at save time (lines
+        written after the save are written again by the resumed run, never twice)."""
         self.metrics = list(state["metrics"])
         self.events = {k: list(v) for k, v in state["events"].items()}
+        if self.run_dir is None:
+            return
+        sizes = state.get("on_disk", {})
+        for path in self.files():
+            size = sizes.get(str(path.relative_to(self.run_dir)))
+            if size is None:
+                path.unlink()
+            else:
+                with open(path, "r+b") as f:
+                    f.truncate(size)

@@ -7,6 +7,7 @@ the LR schedule and logging. Everything that varies between runs is a part it is
 - the one ``Method``: acts only through its hooks, in the order ``methods.base`` lists;
 - ``observers``: the same hooks, read-only (empty unless the config asks for analyses);
 - ``RunLog``: ``metrics.jsonl`` and one ``events/<source>.jsonl`` per event source;
+- an optional ``Checkpointer``: saves this state every ``checkpoint_every`` steps;
 - the stage's ``Stream`` of rows and its LR scheduler.
 
 ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue identically:
@@ -28,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
 from bench.data import Feature, StageData, Stream, answer_tokens, collate, summed_nll
 from bench.observers import Observer
@@ -62,7 +64,8 @@ class Trainer:
     """Model, optimizer, scheduler and counters across the stages of one run."""
 
     def __init__(self, model: nn.Module, method: Method, config: TrainConfig, pad_id: int, precision: Precision,
-                 *, observers: Sequence[Observer] = (), run_dir: Path | None = None, progress: bool = True) -> None:
+                 *, observers: Sequence[Observer] = (), run_dir: Path | None = None, progress: bool = True,
+                 checkpointer: Checkpointer | None = None) -> None:
         self.method, self.config, self.pad_id, self.precision = method, config, pad_id, precision
         self.on = precision.device
         self.observers = list(observers)
@@ -71,7 +74,7 @@ class Trainer:
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = precision.optimizer(self.groups, config.lr, tuple(config.betas), config.weight_decay)
         self.log = RunLog(run_dir)
-        self.progress = progress
+        self.progress, self.checkpointer = progress, checkpointer
         self.scheduler: Any = None
         self.stream: Stream | None = None
         self.data: StageData | None = None
@@ -99,6 +102,8 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.stage_step, desc=f"stage {stage}", disable=not self.progress, leave=False)
         while self.stage_step < steps:
             loss = self.step_once()
+            if self.checkpointer is not None:
+                self.checkpointer.after_step(self)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()

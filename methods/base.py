@@ -24,6 +24,7 @@ Every call, in order, for one run::
         on_stage_end(ctx)
         drain_events()
         export(model)                             a plain model for the stage's evaluation
+    save_extras(model, folder)                    once at the end, if the run keeps its final weights
     state_dict() / load_state_dict()              whenever the trainer is saved or restored
     stats()                                       also once more for result.json at the end
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -126,6 +128,10 @@ class Method:
     def export(self, model: nn.Module) -> nn.Module:
         """A plain model for evaluation and saving (e.g. LoRA merged)."""
         return model
+
+    def save_extras(self, model: nn.Module, folder: Path) -> None:
+        """Save what the method adds beyond ``export``'s plain model (e.g. LoRA's adapter) into
+        ``folder``, when a run keeps its final weights; default nothing."""
 
     def isolation_masks(self) -> dict[str, torch.Tensor]:
         """Current isolation masks by parameter name, True = isolated; empty if none."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 from typing import Any, cast
 
 from torch import nn
@@ -45,6 +46,9 @@ class LoRA(Method):
         peft_config = LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
                                  target_modules=list(c.target_modules), task_type="CAUSAL_LM")
         return get_peft_model(model, peft_config)
+
+    def save_extras(self, model: nn.Module, folder: Path) -> None:
+        cast(Any, model).save_pretrained(folder / "adapter")  # the adapter alone, loadable by peft
 
     def export(self, model: nn.Module) -> nn.Module:
         # Merge into a copy: in the sequential regime training goes on after each evaluation.

@@ -55,6 +55,7 @@ class RunInfo:
     error: ErrorInfo | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    resumed_from: list[int] = dataclasses.field(default_factory=list)  # steps of each resume from a checkpoint
 
 
 @dataclasses.dataclass
@@ -84,6 +85,7 @@ class TrainInfo:
     peak_memory_bytes: int | None = None
     precision: dict[str, Any] = dataclasses.field(default_factory=dict)
     method_stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)  # saves, bytes, write_s, read_s
 
 
 @dataclasses.dataclass
