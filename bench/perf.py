@@ -17,6 +17,7 @@ import gc
 import json
 import random
 import statistics
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from tabulate import tabulate
 
 import methods
+from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
 from bench.data import IGNORE, Feature, StageData, Stream
 from bench.models import load_backbone, resolve
@@ -76,6 +78,16 @@ def training_state_bytes(trainer: Trainer) -> int:
             + tensor_bytes(trainer.method.state_dict()))
 
 
+def checkpoint_cost(trainer: Trainer) -> dict[str, float]:
+    """Size of one in-run checkpoint of ``trainer`` and the time to write and read it."""
+    with tempfile.TemporaryDirectory() as folder:
+        checkpointer = Checkpointer(Path(folder), "perf", 1, dict)
+        checkpointer.save(trainer)
+        checkpointer.load()
+        return {"bytes": checkpointer.stats["bytes"], "write_s": checkpointer.stats["write_s"],
+                "read_s": checkpointer.stats["read_s"]}
+
+
 def sync(on: torch.device) -> None:
     if on.type == "cuda":
         torch.cuda.synchronize()
@@ -114,11 +126,12 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
         op()
         sync(on)
         operations[op_name] = time.perf_counter() - start
+    checkpoint = checkpoint_cost(trainer) if args.checkpoint_every else None
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
     out = {"variant": label, "method": name, "options": options, "params": n_params, "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
-           "state_bytes": state, "operations_s": operations,
+           "state_bytes": state, "operations_s": operations, "checkpoint": checkpoint,
            "tokens_per_step": sum(len(r[0]) for r in batches[-1])}
     del trainer, model, method
     return out
@@ -134,6 +147,7 @@ def summarize(raw: dict[str, list[dict[str, Any]]], on: torch.device) -> list[di
                      "peak_memory_bytes": max(p["peak_memory_bytes"] for p in parts),
                      "state_bytes_per_param": first["state_bytes"] / first["params"],
                      "operations_s": ops,
+                     "checkpoint": first["checkpoint"],
                      "tokens_per_s": first["tokens_per_step"] / statistics.median(times), "params": first["params"]})
     base = rows[0]  # the baseline always runs first
     for r in rows:
@@ -176,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
     p.add_argument("--variants-file", default=str(VARIANTS_FILE), help="TOML file of [[variant]] tables")
     p.add_argument("--variants", default="", help="comma-separated labels of a subset (the first variant always runs)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also time one in-run checkpoint per variant and print its overhead at this interval")
     p.add_argument("--json", default="perf.json", help="where to write the raw and summarized numbers")
     args = p.parse_args(argv)
     on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -199,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{time.strftime('%Y-%m-%d')}")
     print(header)
     print(table(summary))
+    if args.checkpoint_every:
+        rows = [[r["variant"], f"{r['checkpoint']['bytes'] / 2**20:.0f}", f"{r['checkpoint']['write_s']:.2f}",
+                 f"{r['checkpoint']['read_s']:.2f}",
+                 f"{100 * r['checkpoint']['write_s'] / (args.checkpoint_every * r['median_step_s']):.1f}%"] for r in summary]
+        print(tabulate(rows, headers=["variant", "checkpoint MiB", "write s", "read s",
+                                      f"overhead at every {args.checkpoint_every} steps"], tablefmt="github"))
     if "mfu" in summary[0]:
         print(f"{summary[0]['variant']} model FLOPs utilization: {100 * summary[0]['mfu']:.1f}%")
     with open(args.json, "w") as f:

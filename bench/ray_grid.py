@@ -83,7 +83,10 @@ def reap(temp_dir: Path) -> int:
     killed = 0
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.pid != os.getpid() and str(temp_dir) in " ".join(proc.info["cmdline"] or []):
+            # Ray's agents rename themselves (ray::DashboardAgent): their log files still say whose they are.
+            mine = str(temp_dir) in " ".join(proc.info["cmdline"] or []) or any(
+                f.path.startswith(str(temp_dir)) for f in proc.open_files())
+            if proc.pid != os.getpid() and mine:
                 proc.kill()
                 killed += 1
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -122,3 +122,31 @@ def test_kill_9_of_the_driver_then_rerun_finishes_exactly_the_missing_cells(tmp_
     from bench.ray_grid import _ray_temp_dir, reap
 
     assert reap(_ray_temp_dir(tmp_path / "results" / "g")) == 0  # no Ray process left behind
+
+
+def test_grid_killed_with_its_trials_resumes_from_checkpoints(tmp_path):
+    """Driver and trials all killed mid-run (trials hang after step 5, past the checkpoint at 4):
+    the next invocation resumes both cells from step 4, not from step 0."""
+    path = grid_file(tmp_path, extra="")
+    text = path.read_text().replace("steps_per_stage = 3", "steps_per_stage = 4\ncheckpoint_every = 2")
+    path.write_text(text.replace('regime = "multitask"', 'regime = "sequential"'))
+    cmd = [sys.executable, "-m", "bench.cli", "grid", str(path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_FAULT_AT_STEP": "hang:5"}
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    study = tmp_path / "results" / "g"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(study.glob("*/checkpoint/state.pt"))) < 2:
+        time.sleep(0.5)
+    time.sleep(3)  # both trials now hang after step 5; their checkpoints hold step 4
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    from bench.ray_grid import _ray_temp_dir, reap
+
+    reap(_ray_temp_dir(study))
+    assert not statuses(tmp_path)
+    del env["ISOBENCH_FAULT_AT_STEP"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = statuses(tmp_path)
+    assert len(after) == 2 and all(r["run"]["status"] == "success" for r in after.values())
+    assert all(r["run"]["resumed_from"] == [4] for r in after.values()), [r["run"]["resumed_from"] for r in after.values()]
