@@ -8,12 +8,18 @@ import sys
 from typing import Any
 
 
+SET_HELP = ("override a key, e.g. train.lr=1e-4 (the value is TOML). A key that a grid file's [grid] table sets in "
+            "every cell (method.name with grid.methods, seed with grid.seeds, a grid.axes key...) is refused: "
+            "override the grid key instead, e.g. grid.methods='[\"epi\"]'. An inline table replaces the table "
+            "whole: grid.method_options={} drops every per-method option list")
+
+
 def _overrides(items: list[str]) -> dict[str, Any]:
     from bench.config import merge, parse_override
 
     out: dict[str, Any] = {}
     for item in items:
-        out = merge(out, parse_override(item))
+        out = merge(out, parse_override(item), keep_replace=True)
     return out
 
 
@@ -39,7 +45,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: --cell {args.cell} out of range: {args.config} has {len(cells)} cell(s)", file=sys.stderr)
         return 2
     config = cells[args.cell]
+    if len(cells) > 1:
+        print(f"{args.config} is a grid of {len(cells)} cells: running cell {args.cell} ({config.method.name}, "
+              f"{config.backbone.name}, {config.regime}, seed {config.seed}); --cell N picks another", file=sys.stderr)
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
+    try:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot write results under {config.run_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
     result = execute(config, force=args.force, restart=args.restart)
     error = result.run.error
     print(f"{result.run.run_id}: {result.run.status}"
@@ -62,7 +76,18 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
         print("\n".join(describe(grid)))
         return 0
-    counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart)
+    from bench.config import ConfigError
+    from bench.study import NotWritable, StudyBusy
+
+    try:
+        counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart)
+    except (ConfigError, NotWritable, StudyBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells are kept, and unfinished ones resume from their checkpoints. "
+              f"Resume with: isobench grid {args.config}", file=sys.stderr)
+        return 130
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
     if counts["failed"]:
@@ -85,9 +110,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     split = (lambda text: [x for x in text.split(",") if x] if text else None)  # noqa: E731
     try:
-        print(report(args.study, methods=split(args.methods), tasks=split(args.tasks)))
+        print(report(args.study, methods=split(args.methods), tasks=split(args.tasks), out_dir=args.out))
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write the tables ({e.strerror or e}: {e.filename}); for a read-only study, "
+              f"write them elsewhere with --out DIR", file=sys.stderr)
         return 2
     return 0
 
@@ -110,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("run", help="train and evaluate one run (a cell of a grid file)")
     p.add_argument("config")
     p.add_argument("--cell", type=int, default=0, help="which cell of a grid file (default 0)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--force", action="store_true", help="rerun from step 0 even if a successful result exists")
     p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start from step 0")
     p.set_defaults(fn=cmd_run)
@@ -120,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the cells whose result says failed")
     p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")
     p.add_argument("study", help="results/<study>")
     p.add_argument("--methods", default="", help="row order, comma-separated (default: a fixed order)")
     p.add_argument("--tasks", default="", help="column order, comma-separated (default: the config's)")
+    p.add_argument("--out", default=None, help="where to write the tables (default: <study>/tables)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("methods", help="list registered methods and their options")
     p.set_defaults(fn=cmd_methods)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -48,7 +50,7 @@ class TasksConfig:
                                         "format; relative paths are relative to the config file")
     train_size: int = field(200, "training rows per task", minimum=1)
     test_size: int = field(50, "held-out rows per task", minimum=1)
-    data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)")
+    data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)", minimum=0)
     mix: str = field("proportional", "multitask mixture", choices=("proportional", "balanced"))
 
 
@@ -102,9 +104,9 @@ class MethodSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    study: str = field("default", "results go to <results_dir>/<study>/<run_id>/")
+    study: str = field("default", "results go to <results_dir>/<study>/<run_id>/ (a plain folder name)")
     regime: str = field("multitask", "training regime", choices=("multitask", "sequential"))
-    seed: int = field(0, "seed of the model init, data order and dropout")
+    seed: int = field(0, "seed of the model init, data order and dropout", minimum=0)
     results_dir: str = field("results", "root of all result folders")
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
     tasks: TasksConfig = dataclasses.field(default_factory=TasksConfig)
@@ -132,7 +134,8 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.results_dir) / self.study / self.run_id
+        """``<results_dir>/<study>/<run_id>``, checked to stay inside ``results_dir``."""
+        return contained_run_dir(self)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -161,6 +164,25 @@ def _check_type(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: key {key!r} must be of type {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def _check_finite(value: Any, key: str, where: str) -> None:
+    """NaN and inf are refused in every number, also inside lists and tables."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: bad value {value!r} for key {key!r}; allowed: a finite number")
+    if isinstance(value, list | tuple):
+        for v in value:
+            _check_finite(v, key, where)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}", where)
+
+
+def check_unique(values: list[Any], key: str, where: str) -> None:
+    """A list whose duplicates would misalign results (tasks, methods, seeds...)."""
+    seen = [v for i, v in enumerate(values) if v in values[:i]]
+    if seen:
+        raise ConfigError(f"{where}: key {key!r} lists {seen[0]!r} more than once; allowed: distinct values")
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
     """Build ``cls`` from a plain dict, rejecting unknown keys and bad values."""
     if not isinstance(data, dict):
@@ -178,6 +200,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
             kwargs[name] = from_dict(tp, value, where, key + ".")
             continue
         value = _check_type(value, tp, key, where)
+        _check_finite(value, key, where)
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{where}: bad value {value!r} for key {key!r}; allowed: "
                               f"{', '.join(map(repr, meta['choices']))}")
@@ -191,8 +214,22 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
 
 
 def validate(config: RunConfig, where: str) -> RunConfig:
-    """Cross-field checks that need the registries (method name and options, task names)."""
+    """Cross-field checks that need the registries (method name and options, task names),
+    paths (study, results_dir, task sources, a local backbone folder) and duplicates."""
     from bench.tasks import TASKS
+
+    check_study(config.study, where)
+    check_results_dir(config.results_dir, where)
+    try:
+        contained_run_dir(config)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    check_backbone(config.backbone.name, where)
+    check_unique(config.tasks.names, "tasks.names", where)
+    for task, source in config.tasks.sources.items():
+        if source != "hub" and not Path(source).exists():
+            raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} does not exist; "
+                              f"allowed: 'hub' or an existing file or folder")
 
     try:
         methods.build(config.method.name, config.method.options)
@@ -223,11 +260,71 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     return config
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; tables merge, everything else (lists included) is replaced."""
+STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_study(study: str, where: str) -> None:
+    """A study is one plain folder name: no '..', no absolute path, no separator."""
+    if not STUDY.match(study) or study in (".", ".."):
+        raise ConfigError(f"{where}: bad value {study!r} for key 'study'; allowed: a plain folder name "
+                          f"(letters, digits, '_', '.', '-'; no '/', no '..')")
+
+
+def check_results_dir(results_dir: str, where: str) -> None:
+    """``results_dir`` is a folder, or can become one (no regular file on its path)."""
+    path = Path(results_dir).expanduser()
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{where}: bad value {results_dir!r} for key 'results_dir': {part} is a file, "
+                                  f"not a folder; allowed: a folder path")
+            return
+
+
+def check_backbone(name: str, where: str) -> None:
+    """A name that can only be a local folder must exist and hold a model config."""
+    from bench.models import BACKBONES
+
+    if name in BACKBONES:
+        return
+    path = Path(name).expanduser()
+    local = path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if local and not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "holds no config.json"
+        raise ConfigError(f"{where}: bad value {name!r} for key 'backbone.name': the local folder {what}; "
+                          f"allowed: {', '.join(BACKBONES)}, a hub id (org/name) or a folder with config.json")
+
+
+def contained_run_dir(config: RunConfig) -> Path:
+    """The run's folder, resolved (symbolic links followed) and checked to lie inside
+    ``results_dir``: nothing taken from a config ever writes outside it."""
+    root = Path(config.results_dir).expanduser().resolve()
+    run_dir = (root / config.study / config.run_id).resolve()
+    if not run_dir.is_relative_to(root):
+        raise ConfigError(f"results folder {root / config.study / config.run_id} resolves to {run_dir}, "
+                          f"outside results_dir {root} (a symbolic link?): refusing to write there")
+    return run_dir
+
+
+class Replace:
+    """An override value that replaces a table instead of merging into it."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], keep_replace: bool = False) -> dict[str, Any]:
+    """Recursive dict merge; tables merge, everything else (lists included) is replaced, and a
+    ``Replace`` value replaces a table whole (``keep_replace``: when combining overrides with
+    each other, keep the marker for the merge into the file's data)."""
     out = dict(base)
     for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options" else v
+        if isinstance(v, Replace):
+            out[k] = v if keep_replace else v.value
+        elif isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = merge(out[k], v, keep_replace)
+        else:
+            out[k] = v if keep_replace or not isinstance(v, dict) else merge({}, v)
     return out
 
 
@@ -262,7 +359,8 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
 
 
 def parse_override(text: str) -> dict[str, Any]:
-    """``train.lr=1e-4`` -> ``{"train": {"lr": 0.0001}}`` (the value is parsed as TOML)."""
+    """``train.lr=1e-4`` -> ``{"train": {"lr": 0.0001}}`` (the value is parsed as TOML). An
+    inline table (``grid.method_options={}``) replaces the table at that key whole."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value")
@@ -270,7 +368,7 @@ def parse_override(text: str) -> dict[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    out: dict[str, Any] = value
+    out: Any = Replace(value) if isinstance(value, dict) else value
     for part in reversed(key.strip().split(".")):
         out = {part: out}
     return out

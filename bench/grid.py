@@ -26,10 +26,22 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig, from_dict, merge, parse_override, read_toml, resolve_sources, validate
+import methods
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    check_unique,
+    from_dict,
+    merge,
+    parse_override,
+    read_toml,
+    resolve_sources,
+    validate,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,21 +76,77 @@ def _option_axes(options: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
+AXES = {"methods": "method.name", "backbones": "backbone.name", "regimes": "regime", "seeds": "seed"}
+
+
+def dotted_keys(table: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"train": {"lr": 1}}`` -> ``["train.lr"]`` (a replaced table counts as its own key)."""
+    out = []
+    for k, v in table.items():
+        out += dotted_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, Any],
+               overrides: dict[str, Any], where: str) -> None:
+    """Grid keys that would silently do something else than what was written."""
+    for axis, key in AXES.items():
+        values = getattr(spec, axis)
+        if axis in spec_data and not values:
+            raise ConfigError(f"{where}: key 'grid.{axis}' is empty; allowed: a non-empty list, or leave it out "
+                              f"to use {key} of the file")
+        check_unique(values, f"grid.{axis}", where)
+    for axis in ("methods", "backbones"):
+        for name in getattr(spec, axis):
+            if not isinstance(name, str):
+                raise ConfigError(f"{where}: bad value {name!r} in key 'grid.{axis}'; allowed: names")
+    for method in spec.methods:
+        try:
+            methods.get(method)
+        except KeyError as e:
+            raise ConfigError(f"{where}: key 'grid.methods': {e.args[0]}") from None
+    written = file_data.get("method", {}).get("name")
+    file_methods = file_data.get("grid", {}).get("methods")
+    if isinstance(written, str):
+        try:
+            methods.get(written)
+        except KeyError as e:
+            raise ConfigError(f"{where}: key 'method.name': {e.args[0]}") from None
+    if file_methods and written is not None and written not in file_methods:
+        raise ConfigError(f"{where}: key 'method.name' = {written!r} is not in grid.methods "
+                          f"({', '.join(file_methods)}): every cell takes its method from grid.methods; remove "
+                          f"[method].name or add it to grid.methods")
+    taken = {key for axis, key in AXES.items() if getattr(spec, axis)} | set(spec.axes)
+    for key in dotted_keys({k: v for k, v in overrides.items() if k != "grid"}):
+        if key in taken or any(key.startswith(t + ".") for t in taken):
+            raise ConfigError(f"{where}: --set {key}=... would be overridden in every cell by the [grid] table "
+                              f"(it sets {key}); override the grid axis instead, e.g. --set 'grid.methods=[\"...\"]', "
+                              f"or --set 'grid.axes={{}}' to replace a table")
+    for res, count in spec.resources.items():
+        if res not in ("cpu", "gpu"):
+            raise ConfigError(f"{where}: unknown key grid.resources.{res}; allowed: cpu, gpu")
+        if isinstance(count, bool) or not isinstance(count, int | float) or not math.isfinite(count) or count < 0:
+            raise ConfigError(f"{where}: bad value {count!r} for key 'grid.resources.{res}'; allowed: a number >= 0")
+    for key in ("max_concurrent_trials", "max_failures"):
+        if getattr(spec, key) < 0:
+            raise ConfigError(f"{where}: bad value {getattr(spec, key)!r} for key 'grid.{key}'; allowed: >= 0")
+
+
 def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
     """Read and expand a grid file; every cell is validated before anything runs."""
     where = str(path)
-    data = merge(resolve_sources(read_toml(path), path), overrides or {})
+    file_data = resolve_sources(read_toml(path), path)
+    data = merge(file_data, overrides or {})
     spec_data = data.pop("grid", {})
     spec = from_dict(GridSpec, spec_data, where, "grid.")
+    check_spec(spec, spec_data, file_data, overrides or {}, where)
     base = from_dict(RunConfig, data, where)
     for table in ("method_options", "method_axes"):
         for m in getattr(spec, table):
             if m not in (spec.methods or [base.method.name]):
                 raise ConfigError(f"{where}: key 'grid.{table}.{m}': {m!r} is not in grid.methods "
-                                  f"({', '.join(spec.methods or [base.method.name])})")
-    unknown_res = sorted(set(spec.resources) - {"cpu", "gpu"})
-    if unknown_res:
-        raise ConfigError(f"{where}: unknown key(s) grid.resources.{', '.join(unknown_res)}; allowed: cpu, gpu")
+                                  f"({', '.join(spec.methods or [base.method.name])}); drop it, or replace the "
+                                  f"table with --set 'grid.{table}={{}}'")
     cells = []
     for backbone, regime, method, axes, seed in itertools.product(
             spec.backbones or [base.backbone.name], spec.regimes or [base.regime],

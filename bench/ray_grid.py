@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import results as res
-from bench.config import RunConfig, from_dict, to_dict
+from bench.config import ConfigError, RunConfig, from_dict, to_dict
 from bench.files import atomic_write
 from bench.grid import Grid
+from bench.study import study_lock
 
 
 def cell_status(config: RunConfig) -> str:
@@ -105,8 +106,28 @@ class _Progress:
               f"{time.time() - self.started:.0f}s", file=sys.stderr, flush=True)
 
 
+def check_resources(per_trial: dict[str, float], address: str | None) -> None:
+    """On a local Ray, a trial cannot ask for more than this machine has."""
+    if address:
+        return
+    import torch
+
+    have = {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
+    for key, want in per_trial.items():
+        if want > have.get(key, 0.0):
+            raise ConfigError(f"grid.resources.{key} = {want:g} per trial, but this machine has {have.get(key, 0):g}; "
+                              f"allowed: at most {have.get(key, 0):g} here, or run on a cluster with --address")
+
+
 def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False) -> dict[str, int]:
-    """Run the cells still to do; returns counts of cell statuses after the run."""
+    """Run the cells still to do, holding the study's lock; returns counts of cell statuses."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_resources(resources(grid), address)
+    with study_lock(grid.study_dir.resolve()):
+        return _run_locked(grid, address, retry_failed, restart)
+
+
+def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool) -> dict[str, int]:
     import ray
     from ray import tune
 
@@ -123,7 +144,6 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
     for backbone in sorted({c.backbone.name for c in todo}):
         prepare_backbone(backbone)
     per_trial = resources(grid)
-    address = address or os.environ.get("RAY_ADDRESS")
     temp_dir = _ray_temp_dir(study_dir)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
@@ -161,7 +181,11 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
             if r.error is not None:
                 cell = from_dict(RunConfig, r.config["cell"], "<grid cell>")
                 if cell_status(cell) != "failed":
-                    _record_crash(cell, r.error)
+                    try:
+                        _record_crash(cell, r.error)
+                    except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
+                        print(f"[grid] {cell.run_id} failed ({type(r.error).__name__}: {str(r.error)[-300:]}) and its "
+                              f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
     finally:
         ray.shutdown()
         if not address:
@@ -178,23 +202,26 @@ def _record_crash(config: RunConfig, error: BaseException) -> None:
 
 
 def write_manifest(grid: Grid) -> None:
-    """``<study>/grid.json``: every cell the study expects, so a report can show missing ones
-    (merged with cells of other grid files writing to the same study), and the grids' method
-    order, which the report's rows follow."""
+    """``<study>/grid.json``: every cell the study's grid files expect (with its config), so a
+    report can show missing ones; per grid file the cells of its latest version, so cells of an
+    edited grid file are shown as old, not as missing; and the grids' method order."""
     import json
 
     path = grid.study_dir / "grid.json"
-    cells, order = {}, []
+    cells, order, grids = {}, [], {}
     if path.is_file():
         old = json.loads(path.read_text())
         cells, order = {c["run_id"]: c for c in old["cells"]}, list(old.get("methods", []))
+        grids = dict(old.get("grids", {}))
     order += [m for m in dict.fromkeys(c.method.name for c in grid.cells) if m not in order]
+    grids[str(Path(grid.path).resolve())] = [c.run_id for c in grid.cells]
     for c in grid.cells:
         cells[c.run_id] = {"run_id": c.run_id, "method": c.method.name, "backbone": c.backbone.name,
-                           "regime": c.regime, "seed": c.seed, "options": c.method.options}
+                           "regime": c.regime, "seed": c.seed, "options": c.method.options, "config": to_dict(c)}
     grid.study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"methods": order, "cells": sorted(cells.values(), key=lambda c: c["run_id"])},
-                                      indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps({"methods": order, "grids": grids,
+                                   "cells": sorted(cells.values(), key=lambda c: c["run_id"])},
+                                  indent=2, sort_keys=True) + "\n")
 
 
 def summarize(grid: Grid) -> dict[str, int]:

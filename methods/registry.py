@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -102,7 +104,34 @@ def build(name: str, options: dict[str, Any] | None = None) -> Method:
     if unknown:
         raise ValueError(f"method {name!r}: unknown option(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(fields)) or '(none)'}")
+    hints = typing.get_type_hints(cls.Config)
+    for key, value in options.items():
+        problem = _type_problem(value, hints[key])
+        if problem:
+            raise ValueError(f"method {name!r}: bad value {value!r} for option {key!r}; allowed: {problem}")
     return cls(cls.Config(**options))
+
+
+def _type_problem(value: Any, tp: Any) -> str | None:
+    """What ``value`` should have been for annotation ``tp`` (None when it fits); floats must be
+    finite, and a bool is not a number."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else (_type_problem(value, inner[0]) and f"null or {_type_problem(value, inner[0])}")
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if typing.get_origin(tp) is tuple:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        return None if ok else "a list of strings"
+    return None
 
 
 def describe(name: str) -> list[tuple[str, str, Any, str]]:

@@ -22,10 +22,12 @@ class Run:
     backbone: str
     regime: str
     seed: int
-    status: str  # success | failed | missing | running | corrupt
+    status: str  # success | failed | missing | running | corrupt | stale
     result: Result | None
     events: list[dict[str, Any]]
-    problem: str | None = None  # why a result file could not be read
+    problem: str | None = None  # why a result file could not be read or used
+    config: dict[str, Any] | None = None  # the resolved config (from the result, else the manifest)
+    variant: str = ""  # what sets this run's config apart from others of its method (set by load_study)
 
     @property
     def data(self) -> Result:
@@ -50,8 +52,55 @@ def _read_events(run_dir: Path) -> list[dict[str, Any]]:
     return events
 
 
+# Keys that differ between runs pooled as seeds of one row, or that never change a result.
+NOT_A_VARIANT = {"seed", "results_dir", "study", "train.checkpoint_every", "train.keep_final_weights"}
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def inconsistency(result: Result) -> str | None:
+    """Why a successful result's scores cannot be tabulated, or None: every stage must score
+    every task of the run's (duplicate-free) task list, and the stage count fit the regime."""
+    tasks, stages = result.run.tasks, result.evaluation.stages
+    if len(set(tasks)) != len(tasks):
+        return f"its task list {tasks} names a task twice"
+    expected = {"multitask": 1, "sequential": len(tasks)}.get(result.run.regime)
+    if expected is not None and len(stages) != expected:
+        return f"{len(stages)} stages for regime {result.run.regime!r} over {len(tasks)} tasks (expected {expected})"
+    for stage in stages:
+        if set(stage.scores) != set(tasks) or set(stage.nll) != set(tasks):
+            return f"stage {stage.stage} scores {sorted(stage.scores)}, not the run's tasks {sorted(tasks)}"
+    return None
+
+
+def label_variants(runs: list[Run]) -> list[Run]:
+    """Runs of one (regime, backbone, method) pool as seeds only when their configs differ in
+    the seed alone; otherwise each config gets its own label naming the keys that differ."""
+    out = []
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.regime, r.backbone, r.method), []).append(r)
+    for group in groups.values():
+        flat = {r.run_id: {k: v for k, v in flatten(r.config or {}).items() if k not in NOT_A_VARIANT} for r in group}
+        keys = sorted({k for f in flat.values() for k in f})
+        differing = [k for k in keys if len({f.get(k) for f in flat.values() if f}) > 1]
+        for r in group:
+            label = ", ".join(f"{k}={json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else '-'}"
+                              for k in differing) if flat[r.run_id] else ("config unknown" if differing else "")
+            out.append(dataclasses.replace(r, variant=label))
+    return out
+
+
 def load_study(study_dir: str | Path) -> list[Run]:
-    """All runs of the study, sorted by (regime, backbone, method, seed, run_id)."""
+    """All runs of the study, sorted by (regime, backbone, method, variant, seed, run_id)."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise FileNotFoundError(f"{study_dir}: no such study folder")
@@ -66,19 +115,27 @@ def load_study(study_dir: str | Path) -> list[Run]:
         if r is None:
             continue
         info = r.run
-        runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed, info.status, r,
-                                _read_events(path.parent))
+        problem = inconsistency(r) if r.ok else None
+        runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed,
+                                "corrupt" if problem else info.status, None if problem else r,
+                                _read_events(path.parent), f"{path}: {problem}" if problem else None, info.config)
     manifest = study_dir / "grid.json"
-    cells = json.loads(manifest.read_text())["cells"] if manifest.is_file() else []
-    for cell in cells:
+    data = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    grids = data.get("grids")
+    expected = {i for ids in grids.values() for i in ids} if grids else None
+    for cell in data.get("cells", []):
         if cell["run_id"] not in runs:
-            status = "corrupt" if cell["run_id"] in corrupt else "missing"
+            status = "corrupt" if cell["run_id"] in corrupt else (
+                "stale" if expected is not None and cell["run_id"] not in expected else "missing")
             runs[cell["run_id"]] = Run(cell["run_id"], cell["method"], cell["backbone"], cell["regime"],
-                                       int(cell["seed"]), status, None, [], corrupt.get(cell["run_id"]))
+                                       int(cell["seed"]), status, None, [], corrupt.get(cell["run_id"]),
+                                       cell.get("config"))
     for run_id, problem in corrupt.items():
         if run_id not in runs:
             runs[run_id] = Run(run_id, run_id.rsplit("-", 1)[0], "?", "?", -1, "corrupt", None, [], problem)
-    return sorted(runs.values(), key=lambda r: (r.regime, r.backbone, r.method, r.seed, r.run_id))
+    labelled = label_variants([r for r in runs.values() if r.status != "stale"])
+    stale = [r for r in runs.values() if r.status == "stale"]
+    return sorted(labelled + stale, key=lambda r: (r.regime, r.backbone, r.method, r.variant, r.seed, r.run_id))
 
 
 def method_order(study_dir: str | Path) -> list[str]:

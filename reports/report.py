@@ -6,7 +6,9 @@ nor ray, so it runs wherever the result files are.
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,20 +26,39 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> str:
-    """Rebuild ``<study>/tables/`` and return the main table(s) as Markdown for the terminal."""
+def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+           out_dir: str | Path | None = None) -> str:
+    """Rebuild ``<study>/tables/`` (or ``out_dir``) and return the main table(s) as Markdown for
+    the terminal. Tables are written into a folder beside it and swapped in only when all are
+    done: a failed report leaves the previous tables as they were."""
     study_dir = Path(study_dir)
     runs = load_study(study_dir)
     if not runs:
         raise FileNotFoundError(f"{study_dir}: no result.json found under it")
-    out = study_dir / "tables"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir()
-    row_methods, task_order = ordered_methods(runs, methods or method_order(study_dir)), ordered_tasks(runs, tasks)
+    out = Path(out_dir) if out_dir is not None else study_dir / "tables"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        text = write_all(runs, methods or method_order(study_dir), tasks, staging)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return text.replace(str(staging), str(out))
+
+
+def write_all(runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[str] | None, out: Path) -> str:
+    """Every table and plot into ``out``; returns the terminal summary."""
+    row_methods, task_order = ordered_methods(runs, methods), ordered_tasks(runs, tasks)
     shown = []
-    tables = [main_table(runs, regime, row_methods, task_order) for regime in sorted({r.regime for r in runs})]
-    if any(r.regime == "sequential" for r in runs):
+    regimes = sorted({r.regime for r in runs if r.status != "stale" and r.regime != "?"})
+    tables = [main_table(runs, regime, row_methods, task_order) for regime in regimes]
+    if "sequential" in regimes:
         tables.append(forgetting_table(runs, row_methods, task_order))
     for table in tables:
         write(out / f"{table.name}.md", table.markdown())
@@ -48,9 +69,12 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
         write(out / f"significance.{ext}", text)
     plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
         heatmaps(runs, row_methods, task_order, out)
-    failed = [r for r in runs if r.status == "failed"]
-    missing = [r for r in runs if r.status not in ("success", "failed")]
-    status = (f"{len(runs)} runs: {len(runs) - len(failed) - len(missing)} succeeded, {len(failed)} failed, "
-              f"{len(missing)} missing" + "".join(f"\n  failed: {r.run_id} ({error_type(r)})" for r in failed)
-              + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in missing))
+    counted = [r for r in runs if r.status != "stale"]
+    failed = [r for r in counted if r.status == "failed"]
+    other = [r for r in counted if r.status not in ("success", "failed")]
+    stale = len(runs) - len(counted)
+    status = (f"{len(counted)} runs: {len(counted) - len(failed) - len(other)} succeeded, {len(failed)} failed, "
+              f"{len(other)} missing or corrupt" + "".join(f"\n  failed: {r.run_id} ({error_type(r)})" for r in failed)
+              + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in other)
+              + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else ""))
     return "\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables and {len(plots)} plots to {out}"

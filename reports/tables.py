@@ -138,20 +138,25 @@ def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[li
 
 
 def _groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
+    """(backbone, row label, runs) per row: one row per method and config variant (runs pool as
+    seeds only when their configs differ in the seed alone); cells of old grid configs are left out."""
     out = []
     for backbone in sorted({r.backbone for r in runs if r.regime == regime}):
         for m in methods:
-            group = [r for r in runs if r.regime == regime and r.backbone == backbone and r.method == m]
-            if group:
-                out.append((backbone, m, group))
+            group = [r for r in runs if r.regime == regime and r.backbone == backbone and r.method == m
+                     and r.status != "stale"]
+            for variant in sorted({r.variant for r in group}):
+                out.append((backbone, f"{m} ({variant})" if variant else m, [r for r in group if r.variant == variant]))
     return out
 
 
 def runs_label(group: Sequence[Run]) -> str:
     ok = sum(r.ok for r in group)
     failed = sum(r.status == "failed" for r in group)
-    missing = len(group) - ok - failed
-    extra = ", ".join(x for x in (f"{failed} failed" if failed else "", f"{missing} missing" if missing else "") if x)
+    corrupt = sum(r.status == "corrupt" for r in group)
+    missing = len(group) - ok - failed - corrupt
+    extra = ", ".join(x for x in (f"{failed} failed" if failed else "", f"{corrupt} corrupt" if corrupt else "",
+                                  f"{missing} missing" if missing else "") if x)
     return f"{ok}/{len(group)}" + (f" ({extra})" if extra else "")
 
 
