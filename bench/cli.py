@@ -13,6 +13,10 @@ SET_HELP = ("override a key, e.g. train.lr=1e-4 (the value is TOML). A key that 
             "whole: grid.method_options={} drops every per-method option list")
 
 
+MEMORY_HELP = ("accelerator memory per trial for the memory plan, e.g. 80GiB (default: the visible GPU's; none on a "
+               "CPU machine: the plan is printed, not checked)")
+
+
 def _overrides(items: list[str]) -> dict[str, Any]:
     from bench.config import merge, parse_override
 
@@ -33,6 +37,13 @@ def _load(loader: Any, args: argparse.Namespace) -> Any:
         return None
 
 
+def _device_bytes(args: argparse.Namespace) -> int | None:
+    """``--device-memory``, else the visible GPU's memory, else None (not checked)."""
+    from bench.memory_plan import device_memory, parse_size
+
+    return parse_size(args.device_memory) if args.device_memory else device_memory()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.grid import load_cells
     from bench.run import execute
@@ -48,6 +59,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config} is a grid of {len(cells)} cells: running cell {args.cell} ({config.method.name}, "
               f"{config.backbone.name}, {config.regime}, seed {config.seed}); --cell N picks another", file=sys.stderr)
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
+    from bench.memory_plan import DoesNotFit, check_fits
+
+    try:
+        plan = check_fits(config, _device_bytes(args))
+    except DoesNotFit as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if plan is not None:
+        print(plan.line(), file=sys.stderr)
     try:
         config.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -71,15 +91,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
     grid = _load(load_grid, args)
     if grid is None:
         return 2
+    device_bytes = _device_bytes(args)
     if args.dry_run:
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
-        print("\n".join(describe(grid)))
+        print("\n".join(describe(grid, device_bytes)))
         return 0
     from bench.config import ConfigError
     from bench.study import NotWritable, StudyBusy
 
     try:
-        counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart)
+        counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart,
+                          device_bytes=device_bytes)
     except (ConfigError, NotWritable, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -141,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--force", action="store_true", help="rerun from step 0 even if a successful result exists")
     p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start from step 0")
+    p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("grid", help="run a grid file's cells on Ray Tune (resumable)")
     p.add_argument("config")
@@ -148,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the cells whose result says failed")
     p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
+    p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")

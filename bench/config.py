@@ -19,6 +19,13 @@ from typing import Any
 
 import methods
 
+# Keys of earlier versions, and what replaced them.
+RENAMED = {
+    "backbone.dtype": "'train.precision' (fp32 | bf16-mixed | bf16-pure | bf16-sr | bf16-kahan), which sets the "
+                      "parameter dtype, the autocast and the optimizer together",
+    "train.bf16": "'train.precision' (fp32 | bf16-mixed | bf16-pure | bf16-sr | bf16-kahan); bf16 = 'on' with bfloat16 "
+                  "weights was 'bf16-pure', with float32 weights 'bf16-mixed'",
+}
 # Keys that say where and how often to save, not what is computed: excluded from the run id.
 OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights")
 
@@ -37,8 +44,6 @@ def field(default: Any, help: str, choices: tuple[Any, ...] | None = None,  # no
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
     name: str = field("tiny-llama", "tiny-llama | smollm2-135m | a hub id | a local folder")
-    dtype: str = field("auto", "parameter dtype; auto = bfloat16 on GPU, float32 on CPU",
-                       choices=("auto", "float32", "bfloat16"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +73,13 @@ class TrainConfig:
     max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables", minimum=0)
     max_length: int = field(128, "tokens per training row (prompt + answer), truncated", minimum=8)
     log_every: int = field(1, "steps between metrics.jsonl lines", minimum=1)
-    bf16: str = field("auto", "autocast bf16: auto = on GPU only", choices=("auto", "on", "off"))
+    precision: str = field("auto", "precision policy (bench/precision.py): fp32 | bf16-mixed (fp32 master weights, "
+                                   "bf16 compute) | bf16-pure (ablation: loses small updates) | bf16-sr (stochastic "
+                                   "rounding, torchao) | bf16-kahan (Kahan summation, torch-optimi); auto = bf16-mixed "
+                                   "on GPU, fp32 on CPU",
+                           choices=("auto", "fp32", "bf16-mixed", "bf16-pure", "bf16-sr", "bf16-kahan"))
+    activation_checkpointing: bool = field(False, "recompute each decoder layer's activations in the backward pass "
+                                                  "(transformers' non-reentrant gradient checkpointing)")
     checkpoint_every: int = field(-1, "optimizer steps between in-run checkpoints (plus one after every stage); "
                                       "0 = off; -1 = auto: 100 on GPU, off on CPU", minimum=-1)
     keep_final_weights: bool = field(False, "a successful run saves its final model (HF format) in <run_dir>/final/ "
@@ -189,6 +200,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
         raise ConfigError(f"{where}: key {prefix.rstrip('.') or '(top)'!r} must be a table")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in sorted(set(data) - set(fields)):
+        if prefix + key in RENAMED:
+            raise ConfigError(f"{where}: key {prefix + key!r} was replaced by {RENAMED[prefix + key]}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "

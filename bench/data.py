@@ -130,7 +130,7 @@ class StageData:
         self.stage, self.tasks, self.rows = stage, list(rows), rows
         self.batch_size, self.pad_id, self.on = batch_size, pad_id, on
         self.seed, self.balanced = seed, balanced
-        self.precision = precision or Precision(torch.float32, None, on)
+        self.precision = precision or Precision("fp32", on)
 
     def batches(self, n: int, task: str | None = None) -> Iterator[dict[str, torch.Tensor]]:
         rows = self.rows if task is None else {task: self.rows[task]}

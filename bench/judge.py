@@ -63,7 +63,8 @@ class HFJudge:
             from bench.precision import Precision
 
             name = name or model
-            precision = Precision.from_config("auto", "off", device())
+            on = device()
+            precision = Precision.from_config("bf16-pure" if on.type == "cuda" else "fp32", on)
             model, tokenizer = load_backbone(model, precision.param_dtype, 0, precision.device)
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.name = f"hf:{name or type(model).__name__}"

@@ -28,20 +28,26 @@ EOS, PAD = "<|endoftext|>", "<|pad|>"
 # Architecture shapes of real sizes (from the models' published configs).
 LLAMA_SHAPES = {
     "random-llama-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-                          "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152},  # SmolLM2-135M
+                          "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                          "tie_word_embeddings": True},  # SmolLM2-135M
     "random-llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3.2-1B
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                        "tie_word_embeddings": True},  # Llama-3.2-1B
     "random-llama-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256},  # Llama-3-8B
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                        "tie_word_embeddings": False},  # Llama-3-8B
 }
 PAPER_SHAPES = {
     "meta-llama/Meta-Llama-3-8B": LLAMA_SHAPES["random-llama-8b"],
     "mistralai/Mistral-7B-v0.1": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-                                  "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000},
+                                  "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+                                  "tie_word_embeddings": False},
     "Qwen/Qwen2-7B": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                      "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+                      "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                      "tie_word_embeddings": False},
     "google/gemma-2-9b": {"hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
-                          "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 256000, "head_dim": 256},
+                          "num_attention_heads": 16, "num_key_value_heads": 8, "vocab_size": 256000, "head_dim": 256,
+                          "tie_word_embeddings": True},
 }
 
 
@@ -102,7 +108,7 @@ def random_llama(name: str, seed: int, dtype: torch.dtype, on: torch.device) -> 
     """A random-init Llama of a real size, built directly on ``on`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(**LLAMA_SHAPES[name], max_position_embeddings=4096, tie_word_embeddings=True)
+    config = LlamaConfig(**LLAMA_SHAPES[name], max_position_embeddings=4096)
     with torch.random.fork_rng(devices=[on] if on.type == "cuda" else []), torch.device(on):
         torch.manual_seed(seed)
         torch.set_default_dtype(dtype)
@@ -141,7 +147,8 @@ def _hub(name: str) -> Loader:
 
 BACKBONES.add("tiny-llama", Backbone("tiny-llama", lambda seed, dtype, on: tiny_llama(seed), random_init=True,
                                      shape={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 258}))
+                                            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 258,
+                                            "tie_word_embeddings": True}))
 BACKBONES.add("smollm2-135m", Backbone("smollm2-135m", _smollm2, shape=LLAMA_SHAPES["random-llama-135m"],
                                        prepare=_smollm2_prepare))
 for _name, _shape in LLAMA_SHAPES.items():
@@ -162,6 +169,12 @@ def prepare_backbone(name: str) -> None:
     backbone = resolve(name)
     if backbone.prepare is not None:
         backbone.prepare()
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each decoder layer in the backward pass (transformers' non-reentrant gradient
+    checkpointing: no need for inputs that require grad, works under LoRA and FSDP)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_backbone(name: str, dtype: torch.dtype, seed: int, on: torch.device | None = None

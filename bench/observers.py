@@ -38,3 +38,7 @@ class Observer:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def summary(self) -> Any:
+        """What result.json records of this observer (``train.observers.<name>``); None = nothing."""
+        return None

@@ -31,8 +31,9 @@ from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
 from bench.data import IGNORE, Feature, StageData, Stream
 from bench.models import load_backbone, resolve
-from bench.precision import Precision
+from bench.precision import POLICIES, Precision
 from bench.train import Trainer
+from methods.base import tensor_bytes
 
 VARIANTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "perf" / "variants.toml"
 Variant = tuple[str, str, dict[str, Any]]
@@ -56,17 +57,6 @@ def synthetic_rows(vocab: int, n: int, seq: int, seed: int) -> list[Feature]:
         cut = seq - max(1, seq // 4)
         rows.append((ids, [IGNORE] * cut + ids[cut:]))
     return rows
-
-
-def tensor_bytes(obj: Any) -> int:
-    """Bytes of every tensor reachable in a (nested) state dict."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
 
 
 def training_state_bytes(trainer: Trainer) -> int:
@@ -101,7 +91,7 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     if on.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    precision = Precision.from_config(args.dtype, "auto", on)
+    precision = Precision.from_config(args.precision, on)
     model, tokenizer = load_backbone(args.backbone, precision.param_dtype, 0, on)
     n_params = sum(p.numel() for p in model.parameters())
     method = methods.build(name, options)
@@ -181,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="tiny-llama",
                    help="tiny-llama | smollm2-135m | random-llama-135m | random-llama-1b | a hub id or folder")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--precision", default="auto", choices=["auto", *POLICIES])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=64, help="tokens per row (the last quarter is the answer)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant, split over the rounds")

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from bench import results as res
 from bench.config import ConfigError, RunConfig, from_dict, to_dict
 from bench.files import atomic_write
 from bench.grid import Grid
+from bench.memory_plan import DoesNotFit, Plan, check_fits, knobs, plan_cell
 from bench.study import study_lock
 
 
@@ -48,14 +50,28 @@ def resources(grid: Grid) -> dict[str, float]:
     return {"gpu": 1.0, "cpu": 1.0} if torch.cuda.is_available() else {"cpu": 1.0}
 
 
-def describe(grid: Grid) -> list[str]:
-    """One line per cell (for ``--dry-run`` and logs)."""
+def plans(grid: Grid, device_bytes: int | None) -> list[Plan | None]:
+    """The memory plan of every cell (cells that differ only in seed or regime share one)."""
+    cache: dict[str, Plan | None] = {}
+    out = []
+    for c in grid.cells:
+        key = json.dumps([c.backbone.name, c.method.name, c.method.options, to_dict(c.train)], sort_keys=True)
+        if key not in cache:
+            cache[key] = plan_cell(c, device_bytes)
+        out.append(cache[key])
+    return out
+
+
+def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
+    """Two lines per cell (for ``--dry-run``): the cell, and its memory plan."""
     res_text = ", ".join(f"{k}={v:g}" for k, v in resources(grid).items())
     lines = []
-    for i, c in enumerate(grid.cells):
+    for i, (c, plan) in enumerate(zip(grid.cells, plans(grid, device_bytes))):
         opts = ",".join(f"{k}={v}" for k, v in sorted(c.method.options.items())) or "-"
         lines.append(f"{i:3d} {c.run_id:28s} {cell_status(c):8s} {c.backbone.name:20s} {c.regime:10s} "
                      f"{c.method.name:17s} seed={c.seed} opts={opts} [{res_text}]")
+        lines.append("      " + (plan.line() if plan else "plan: unknown (no shape for this backbone offline)")
+                     + ("" if not plan or plan.fits is not False else f"; knobs: {knobs(c)}"))
     return lines
 
 
@@ -119,11 +135,21 @@ def check_resources(per_trial: dict[str, float], address: str | None) -> None:
                               f"allowed: at most {have.get(key, 0):g} here, or run on a cluster with --address")
 
 
-def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False) -> dict[str, int]:
-    """Run the cells still to do, holding the study's lock; returns counts of cell statuses."""
+def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False,
+             device_bytes: int | None = None) -> dict[str, int]:
+    """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
+    Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
     address = address or os.environ.get("RAY_ADDRESS")
     check_resources(resources(grid), address)
     with study_lock(grid.study_dir.resolve()):
+        too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
+        for cell, _ in too_big:
+            if cell_status(cell) != "success":
+                try:
+                    check_fits(cell, device_bytes)
+                except DoesNotFit as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    res.write_result(cell.run_dir, _failed(cell, e))
         return _run_locked(grid, address, retry_failed, restart)
 
 
@@ -193,12 +219,16 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     return {**counts, **summarize(grid)}
 
 
-def _record_crash(config: RunConfig, error: BaseException) -> None:
-    """A trial died without writing its result (e.g. killed for memory): record it as failed."""
+def _failed(config: RunConfig, error: BaseException) -> res.Result:
     from bench.run import crash_result
 
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    res.write_result(config.run_dir, crash_result(config, error))
+    return crash_result(config, error)
+
+
+def _record_crash(config: RunConfig, error: BaseException) -> None:
+    """A trial died without writing its result (e.g. killed for memory): record it as failed."""
+    res.write_result(config.run_dir, _failed(config, error))
 
 
 def write_manifest(grid: Grid) -> None:

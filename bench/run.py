@@ -29,10 +29,11 @@ from bench.data import StageData, Stream, encode
 from bench.evaluate import evaluate
 from bench.files import atomic_write
 from bench.judge import build_judge
-from bench.models import device, load_backbone, resolve
+from bench.models import device, enable_activation_checkpointing, load_backbone, resolve
 from bench.precision import Precision
 from bench.regimes import stages
 from bench.run_log import RunLog
+from bench.sentinel import LostUpdateSentinel
 from bench.tasks import Suite, build_suite
 from bench.tasks.lm_eval_files import FORMAT_VERSION
 from bench.train import Trainer
@@ -104,7 +105,7 @@ def open_checkpoint(config: RunConfig, result: Result, restart: bool) -> tuple[C
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
                   pad_id: int, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None) -> Trainer:
     trainer = Trainer(model, method, config.train, pad_id, precision, run_dir=config.run_dir, progress=progress,
-                      checkpointer=checkpointer)
+                      checkpointer=checkpointer, observers=[LostUpdateSentinel(config.seed)])
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
     return trainer
@@ -156,6 +157,7 @@ def finish(result: Result, trainer: Trainer | None, method: methods.Method | Non
         result.train.precision = trainer.precision.describe()
         if trainer.checkpointer is not None:
             result.train.checkpoint = dict(trainer.checkpointer.stats, every=trainer.checkpointer.every)
+        result.train.observers = {o.name: o.summary() for o in trainer.observers if o.summary() is not None}
     if method is not None:
         result.train.method_stats = method.stats()
     result.train.wall_s = wall_s
@@ -181,8 +183,10 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         checkpointer, saved = open_checkpoint(config, result, restart or force)
         seed_everything(config.seed)
         suite = load_suite(config, result)
-        precision = Precision.from_config(config.backbone.dtype, config.train.bf16, device())
+        precision = Precision.from_config(config.train.precision, device())
         model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
+        if config.train.activation_checkpointing:
+            enable_activation_checkpointing(model)
         method = methods.build(config.method.name, config.method.options)
         judge = build_judge(config.eval.judge) if config.eval.judge else None
         if saved is None:

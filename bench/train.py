@@ -123,7 +123,10 @@ class Trainer:
         if resuming:
             self.scheduler.load_state_dict(saved_scheduler)
             for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-                group["lr"] = lr
+                if isinstance(group["lr"], torch.Tensor):  # torchao keeps lr as a tensor
+                    group["lr"].fill_(float(lr))
+                else:
+                    group["lr"] = lr
             stream.load_state_dict(self._resume_stream)
             self._resume_stream = None
             return

@@ -60,6 +60,17 @@ class StageData(Protocol):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor reachable in a (nested) dict, list or tuple."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 @dataclasses.dataclass(frozen=True)
 class StageContext:
     """What ``on_stage_start`` and ``on_stage_end`` receive."""
@@ -143,6 +154,11 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of ``state_dict``."""
+
+    def planned_state_bytes(self) -> int:
+        """Bytes of state this method will hold during training, for a memory plan made right
+        after ``prepare`` (possibly on the meta device); default: its ``state_dict`` now."""
+        return tensor_bytes(self.state_dict())
 
     def stats(self) -> dict[str, float]:
         """Scalars for the log (density, churn, trainable count)."""

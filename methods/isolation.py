@@ -143,6 +143,13 @@ class IsolationMethod(Method):
         self.events.append(self.last_event)
 
     # -- outputs ----------------------------------------------------------------------------------
+    def planned_state_bytes(self) -> int:
+        """State now, plus a full isolated set: rho of the eligible entries as int32 indices, a
+        copy of them as the first mask, and their frozen values."""
+        k = round(self.config.rho * self.eligible_count)
+        value_bytes = next(iter(self.params.values())).element_size()
+        return super().planned_state_bytes() + k * (4 + 4 + value_bytes)
+
     def isolation_masks(self) -> dict[str, torch.Tensor]:
         return self.isolated.masks() if hasattr(self, "isolated") else {}
 

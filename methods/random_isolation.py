@@ -33,6 +33,7 @@ class RandomIsolation(RefreshingIsolation):
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
         device = next(iter(self.params.values())).device
+        device = torch.device("cpu") if device.type == "meta" else device  # a memory plan prepares on meta
         self.generator = torch.Generator(device=device).manual_seed(self.config.seed)
         return model
 

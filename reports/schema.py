@@ -86,6 +86,7 @@ class TrainInfo:
     precision: dict[str, Any] = dataclasses.field(default_factory=dict)
     method_stats: dict[str, float] = dataclasses.field(default_factory=dict)
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)  # saves, bytes, write_s, read_s
+    observers: dict[str, Any] = dataclasses.field(default_factory=dict)  # each observer's summary, by name
 
 
 @dataclasses.dataclass

@@ -25,7 +25,6 @@ from bench.tasks import TASKS
 from bench.train import Trainer
 
 CPU = torch.device("cpu")
-FP32 = Precision(torch.float32, None, CPU)
 # Options that make every isolation method isolate something within a few steps.
 FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "random_isolation": {"refresh_every": 2, "rho": 0.05},
         "static_isolation": {"rho": 0.05, "calibration_batches": 2}}
@@ -76,16 +75,19 @@ class Harness:
 
     def __init__(self, method: str, options: dict[str, Any] | None = None, seed: int = 0,
                  tasks: tuple[str, ...] = ("arithmetic", "format"), regime: str = "multitask",
-                 check: bool = False, data_seed: int | None = None, **train: Any) -> None:
+                 check: bool = False, data_seed: int | None = None, precision: str = "fp32",
+                 **train: Any) -> None:
         torch.manual_seed(seed)
         model, self.tokenizer = tiny_llama(seed)
+        self.precision = Precision(precision, CPU)
+        model = model.to(self.precision.param_dtype)
         settings = {"batch_size": 4, "lr": 1e-2, "weight_decay": 0.1, "warmup_steps": 0,
                     "schedule": "constant_with_warmup", **train}
         self.config, self.regime = TrainConfig(**settings), regime
         self.seed = seed if data_seed is None else data_seed  # seeds the stages' row order
         self.method = methods.build(method, options or {})
         self.check = ContractCheck(self.method) if check else None
-        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, FP32,
+        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, self.precision,
                                observers=[self.check] if self.check else [], progress=False)
         self.rows = {t: rows(t) for t in tasks}
         self.start(0)
@@ -104,7 +106,7 @@ class Harness:
         """Start (or, after ``load``, resume) ``stage``."""
         rows = self.stage_rows(stage)
         self.data = StageData(stage, rows, self.config.batch_size, self.tokenizer.pad_token_id, CPU, self.seed,
-                              False, FP32)
+                              False, self.precision)
         self.trainer.start_stage(stage, self.data, Stream(rows, f"{self.seed}:{stage}", False), 10**6)
 
     def next_stage(self) -> None:
@@ -131,11 +133,11 @@ class Harness:
 
 
 def contract_violations(name: str, options: dict[str, Any] | None = None, stages: int = 3,
-                        steps_per_stage: int = 3) -> list[str]:
+                        steps_per_stage: int = 3, precision: str = "fp32") -> list[str]:
     """Drive method ``name`` through ``stages`` sequential stages (weight decay on) and list every
     broken promise; an isolating method that never isolated anything is one too."""
     h = Harness(name, FAST.get(name, {}) if options is None else options, regime="sequential",
-                tasks=("arithmetic", "format", "program"), check=True, weight_decay=0.1)
+                tasks=("arithmetic", "format", "program"), check=True, weight_decay=0.1, precision=precision)
     for stage in range(stages):
         if stage:
             h.next_stage()

@@ -72,7 +72,8 @@ MUTATIONS = {
     "checkpoint_every -5": setting("train.checkpoint_every", -5), "test_size 0": setting("tasks.test_size", 0),
     # choices
     "regime unknown": setting("regime", "curriculum"), "schedule unknown": setting("train.schedule", "exp"),
-    "mix unknown": setting("tasks.mix", "random"), "bf16 unknown": setting("train.bf16", "maybe"),
+    "mix unknown": setting("tasks.mix", "random"), "precision unknown": setting("train.precision", "fp8"),
+    "old key train.bf16": setting("train.bf16", "on"), "old key backbone.dtype": setting("backbone.dtype", "bfloat16"),
     # unknown keys
     "unknown top key": setting("epochs", 3), "unknown train key": setting("train.learning_rate", 1e-3),
     "unknown grid key": setting("grid.workers", 2),

@@ -1,0 +1,164 @@
+"""A memory plan before anything loads: the peak accelerator memory of one run, from its config
+and the backbone's shape alone (the registry's built-in shapes, or a local folder's config.json),
+with the model built on the meta device (no weights, no bytes) so that the method's own
+``prepare`` says what it trains and what state it keeps.
+
+Terms (bytes):
+- parameters: every parameter x the precision's parameter dtype (LoRA adapters included);
+- gradients: trainable parameters x the parameter dtype;
+- optimizer: trainable parameters x the precision's optimizer state bytes (AdamW: 2 moments;
+  Kahan: + a compensation buffer);
+- method: ``Method.planned_state_bytes`` (EPI's fp32 EMA, isolated indices and frozen values);
+- activations, per micro-batch of T = micro-batch x max_length tokens, in the compute dtype:
+  without checkpointing every layer keeps ~(10 h + 3 kv + 4 i) values per token (h hidden,
+  i MLP width, kv = key/value heads x head dim: norms, q/k/v, attention output, MLP gate, up,
+  activation, product, residuals); with checkpointing each layer keeps its input (h per token)
+  and one layer at a time is recomputed in full; plus the output layer on answer positions
+  (assumed half of the tokens) x vocabulary x 12 bytes (bf16 logits, their fp32 copy for the
+  loss, and both gradients).
+A cell fits when the total is at most 95% of the device memory (the rest for the CUDA context
+and fragmentation). Not calibrated on a GPU yet: see docs/perf.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import torch
+
+import methods
+from bench.config import RunConfig
+from bench.models import resolve
+from bench.precision import Precision
+
+GiB = 1 << 30
+HEADROOM = 0.95
+ANSWER_FRACTION = 0.5
+
+
+class DoesNotFit(RuntimeError):
+    """A cell whose plan exceeds the device memory; the message names the knobs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    parameters: int
+    gradients: int
+    optimizer: int
+    method: int
+    activations: int
+    device_bytes: int | None  # None: no accelerator to compare with
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer + self.method + self.activations
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.device_bytes is None else self.total <= HEADROOM * self.device_bytes
+
+    def line(self) -> str:
+        parts = " + ".join(f"{k} {getattr(self, k) / GiB:.1f}" for k in
+                           ("parameters", "gradients", "optimizer", "method", "activations"))
+        device = "no device given (--device-memory)" if self.device_bytes is None else \
+            f"{'fits' if self.fits else 'DOES NOT FIT'} {self.device_bytes / GiB:.0f} GiB"
+        return f"plan GiB: {parts} = {self.total / GiB:.1f}; {device}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total": self.total, "fits": self.fits}
+
+
+def parse_size(text: str) -> int:
+    """``80GiB``, ``80GB``, ``81920MiB`` or a number of bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"bad memory size {text!r}; allowed e.g. 80GiB, 80GB, 81920MiB")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 1 << 10, "MIB": 1 << 20,
+             "GIB": 1 << 30, "TIB": 1 << 40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def device_memory() -> int | None:
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def shape_of(name: str) -> dict[str, Any] | None:
+    """The backbone's architecture shape: built in, or read from a local folder's config."""
+    backbone = resolve(name)
+    if backbone.shape is not None:
+        return backbone.shape
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(backbone.model_id or name)
+    except (OSError, ValueError):
+        return None
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "vocab_size", "head_dim", "tie_word_embeddings")
+    return {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
+
+
+def meta_model(shape: dict[str, Any], dtype: torch.dtype) -> torch.nn.Module:
+    """A Llama of ``shape`` on the meta device: names, shapes and dtypes, no memory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(LlamaConfig(**shape)).to(dtype)
+
+
+def activation_bytes(shape: dict[str, Any], tokens: int, act_bytes: int, checkpointing: bool) -> int:
+    h, i, layers, vocab = (shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"],
+                           shape["vocab_size"])
+    head_dim = shape.get("head_dim") or h // shape["num_attention_heads"]
+    kv = shape.get("num_key_value_heads", shape["num_attention_heads"]) * head_dim
+    per_layer = tokens * (10 * h + 3 * kv + 4 * i) * act_bytes
+    kept = layers * tokens * h * act_bytes + per_layer if checkpointing else layers * per_layer
+    return int(kept + ANSWER_FRACTION * tokens * vocab * 12)
+
+
+def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
+    """The plan of one cell on one accelerator (None when the backbone's shape is unknown offline)."""
+    shape = shape_of(config.backbone.name)
+    if shape is None:
+        return None
+    precision = Precision.from_config(config.train.precision, torch.device("cuda"))
+    model = meta_model(shape, precision.param_dtype)
+    method = methods.build(config.method.name, config.method.options)
+    model = method.prepare(model)
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    micro = config.train.batch_size // config.train.grad_accum
+    act = 2 if precision.autocast_dtype is not None or precision.param_dtype == torch.bfloat16 else 4
+    optimizer_bytes = sum(precision.optimizer_state_bytes(p) for p in trainable)
+    return Plan(param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes(),
+                activation_bytes(shape, micro * config.train.max_length, act, config.train.activation_checkpointing),
+                device_bytes)
+
+
+def knobs(config: RunConfig) -> str:
+    """What could make a cell fit, in the order a user would try them."""
+    out = []
+    if config.train.precision in ("auto", "fp32", "bf16-mixed", "bf16-kahan"):
+        out.append("train.precision = 'bf16-sr' (8 B/param of weights, gradients and AdamW state)")
+    if not config.train.activation_checkpointing:
+        out.append("train.activation_checkpointing = true")
+    micro = config.train.batch_size // config.train.grad_accum
+    if micro > 1:
+        out.append(f"a smaller micro-batch (train.grad_accum > {config.train.grad_accum}; now {micro} rows)")
+    out.append("more GPUs per trial (FSDP2 sharding: not available yet)")
+    return "; ".join(out)
+
+
+def check_fits(config: RunConfig, device_bytes: int | None) -> Plan | None:
+    """The plan; ``DoesNotFit`` naming the knobs when it exceeds the device."""
+    plan = plan_cell(config, device_bytes)
+    if plan is not None and plan.fits is False:
+        raise DoesNotFit(f"{config.run_id} ({config.backbone.name}, {config.method.name}, {config.train.precision}) "
+                         f"needs {plan.total / GiB:.1f} GiB but the device has {plan.device_bytes / GiB:.0f} GiB "
+                         f"({plan.line()}). Knobs that would make it fit: {knobs(config)}")
+    return plan

@@ -1,0 +1,92 @@
+"""Precision policies: isolation stays bit-exact under each; the memory plan equals the exact
+bytes of a tiny model; the lost-update sentinel tells bf16-pure from fp32; activation
+checkpointing changes no loss; old precision keys are refused naming the new one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods
+from bench.config import ConfigError, RunConfig, TrainConfig, from_dict
+from bench.memory_plan import plan_cell
+from bench.precision import POLICIES
+from methods.base import tensor_bytes
+from tests.harness import FAST, Harness, contract_violations
+
+BF16 = [p for p in POLICIES if p != "fp32"]
+
+
+@pytest.mark.parametrize("precision", BF16)
+@pytest.mark.parametrize("name", methods.names())
+def test_isolation_stays_bit_exact_under_every_precision(name, precision):
+    assert contract_violations(name, precision=precision) == []
+
+
+@pytest.mark.parametrize("precision", POLICIES)
+def test_adam_v_reads_the_second_moment_of_every_optimizer(precision):
+    h = Harness("epi", {"importance": "adam_v", "refresh_every": 2, "rho": 0.05}, precision=precision)
+    h.steps(2)
+    assert h.method.isolated.count() > 0
+
+
+@pytest.mark.parametrize("precision", POLICIES)
+@pytest.mark.parametrize("name", methods.names())
+def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
+    options = FAST.get(name, {})
+    h = Harness(name, options, precision=precision)
+    h.steps(4)  # the refreshing methods have selected their mask
+    config = from_dict(RunConfig, {"backbone": {"name": "tiny-llama"}, "method": {"name": name, "options": options},
+                                   "train": {"precision": precision, "batch_size": 4}}, "<test>")
+    plan = plan_cell(config, None)
+    params = list(h.model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    assert plan.parameters == sum(p.numel() * p.element_size() for p in params)
+    assert plan.gradients == sum(p.numel() * p.element_size() for p in trainable)
+    moments = sum(t.numel() * t.element_size() for s in h.trainer.optimizer.state.values() for t in s.values()
+                  if torch.is_tensor(t) and t.dim() > 0)
+    assert plan.optimizer == moments
+    assert plan.method == tensor_bytes(h.method.state_dict())
+
+
+def sentinel_fraction(precision: str) -> float:
+    from bench.sentinel import LostUpdateSentinel
+
+    sentinel = LostUpdateSentinel(seed=0)
+    h = Harness("full_sft", precision=precision, lr=2e-5, weight_decay=0.0)
+    h.trainer.observers.append(sentinel)
+    sentinel.on_stage_start(h.trainer.context())
+    h.steps(5)
+    h.trainer.end_stage()
+    (record,) = sentinel.summary()
+    assert record["with_gradient"] > 0.9 * record["sampled"]
+    return record["fraction"]
+
+
+def test_lost_update_sentinel_is_high_under_bf16_pure_and_low_under_fp32():
+    assert sentinel_fraction("fp32") < 0.001
+    assert sentinel_fraction("bf16-mixed") < 0.001
+    assert sentinel_fraction("bf16-pure") > 0.3
+
+
+def test_activation_checkpointing_gives_the_same_losses():
+    from bench.models import enable_activation_checkpointing
+
+    plain = Harness("full_sft").steps(4)
+    h = Harness("full_sft")
+    enable_activation_checkpointing(h.model)
+    assert h.steps(4) == plain
+
+
+@pytest.mark.parametrize("key,value", [("train", {"bf16": "on"}), ("backbone", {"dtype": "bfloat16"})])
+def test_old_precision_keys_name_the_new_one(key, value):
+    with pytest.raises(ConfigError, match="was replaced by 'train.precision'"):
+        from_dict(RunConfig, {key: value}, "<test>")
+
+
+def test_auto_is_bf16_mixed_on_gpu_and_fp32_on_cpu():
+    from bench.precision import Precision
+
+    assert Precision.from_config("auto", torch.device("cuda")).name == "bf16-mixed"
+    assert Precision.from_config("auto", torch.device("cpu")).param_dtype == torch.float32
+    assert TrainConfig().precision == "auto"
