@@ -8,7 +8,7 @@ Terms (bytes):
 - gradients: trainable parameters x the parameter dtype;
 - optimizer: trainable parameters x the precision's optimizer state bytes (AdamW: 2 moments;
   Kahan: + a compensation buffer);
-- method: ``Method.planned_state_bytes`` (EPI's fp32 EMA, isolated indices and frozen values);
+- method: ``Method.planned_state_bytes`` (e.g. an fp32 importance EMA, frozen entries and their values);
 - activations, per micro-batch of T = micro-batch x max_length tokens, in the compute dtype:
   without checkpointing every layer keeps ~(10 h + 3 kv + 4 i) values per token (h hidden,
   i MLP width, kv = key/value heads x head dim: norms, q/k/v, attention output, MLP gate, up,

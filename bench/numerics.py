@@ -7,7 +7,7 @@ than the embeddings:
 - displacement: sum |w_N - w_0| as a fraction of the fp32 run's (1 = every update applied);
 - never moved: the fraction of entries whose value is bit-identical after N steps;
 - the final loss.
-A lost update looks exactly like isolation, the thing this suite measures: ``bf16-pure`` is
+A lost update looks exactly like a deliberately frozen entry, the thing this suite measures: ``bf16-pure`` is
 expected well below 1, the others within a few percent of it.
 """
 
@@ -38,7 +38,7 @@ def batches(tokenizer: Any, tasks: list[str], n: int, batch: int, max_length: in
 
 
 def tracked(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """2-D weights other than the embeddings (the entries isolation methods choose from)."""
+    """2-D weights other than the embeddings (the entries most methods may freeze)."""
     return {n: p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n and "lm_head" not in n}
 
 

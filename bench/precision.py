@@ -8,7 +8,7 @@ precision; they ask this object.
   default): every update is applied in fp32, as in the fp32 run.
 - ``bf16-pure``: bf16 weights and bf16 AdamW state, nearest rounding. An ablation with a known,
   measured loss: an update below half a bf16 ulp of its weight (lr 2e-5 against |w| ~ 0.02) is
-  rounded away, and a lost update looks exactly like isolation (``docs/perf.md``).
+  rounded away, and a lost update looks exactly like a deliberately frozen entry (``docs/perf.md``).
 - ``bf16-sr``: bf16 weights and state, the update applied with stochastic rounding by torchao's
   ``_AdamW(bf16_stochastic_round=True)``: unbiased in expectation, no extra memory (8 B/param).
 - ``bf16-kahan``: bf16 weights and state, the update applied with Kahan summation by

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.load import Run, load_study, method_order
+from reports.metrics import LOST_UPDATE_THRESHOLD
 from reports.plots import drift_plots, heatmaps, score_bars
 from reports.tables import forgetting_table, main_table, ordered_methods, ordered_tasks, significance_table
 
@@ -20,6 +21,20 @@ from reports.tables import forgetting_table, main_table, ordered_methods, ordere
 def error_type(run: Run) -> str | None:
     error = run.result.run.error if run.result is not None else None
     return error.type if error is not None else None
+
+
+def lost_updates(runs: Sequence[Run]) -> list[str]:
+    """Runs whose lost-update sentinel exceeds the threshold: their frozen entries may be
+    rounding, not isolation."""
+    out = []
+    for r in runs:
+        records = (r.result.train.observers.get("lost_update") or []) if r.result is not None else []
+        worst = max((x for x in records if x.get("fraction") is not None), key=lambda x: x["fraction"], default=None)
+        if worst is not None and worst["fraction"] > LOST_UPDATE_THRESHOLD:
+            policy = r.result.train.precision.get("policy") if r.result is not None else None
+            out.append(f"{r.run_id} ({policy}): {100 * worst['fraction']:.1f}% of the entries with a gradient never "
+                       f"changed in stage {worst['stage']} (threshold {100 * LOST_UPDATE_THRESHOLD:.0f}%)")
+    return out
 
 
 def write(path: Path, text: str) -> None:
@@ -73,8 +88,10 @@ def write_all(runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[st
     failed = [r for r in counted if r.status == "failed"]
     other = [r for r in counted if r.status not in ("success", "failed")]
     stale = len(runs) - len(counted)
+    lossy = lost_updates(counted)
     status = (f"{len(counted)} runs: {len(counted) - len(failed) - len(other)} succeeded, {len(failed)} failed, "
               f"{len(other)} missing or corrupt" + "".join(f"\n  failed: {r.run_id} ({error_type(r)})" for r in failed)
               + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in other)
-              + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else ""))
+              + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else "")
+              + "".join(f"\n  lost updates: {line}" for line in lossy))
     return "\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables and {len(plots)} plots to {out}"

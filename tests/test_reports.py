@@ -117,3 +117,20 @@ def test_report_imports_neither_torch_nor_ray(study):
     done = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
+
+
+def test_report_flags_a_run_with_lost_updates(study):
+    path = study / "full_sft-s0" / "result.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = 1
+    data["train"] = {"steps": 3}
+    path.write_text(json.dumps(data))
+    from reports.schema import read_result_file, upgrade_v1
+
+    v2 = upgrade_v1(data)
+    v2["train"]["observers"] = {"lost_update": [{"stage": 1, "fraction": 0.7}]}
+    v2["train"]["precision"] = {"policy": "bf16-pure"}
+    path.write_text(json.dumps(v2))
+    assert read_result_file(path).train.observers["lost_update"][0]["fraction"] == 0.7
+    printed = report(study)
+    assert "lost updates: full_sft-s0 (bf16-pure): 70.0% of the entries with a gradient never changed in stage 1" in printed
