@@ -10,14 +10,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
-
-import methods
 
 # Keys of earlier versions, and what replaced them.
 RENAMED = {
@@ -146,6 +143,8 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         """``<results_dir>/<study>/<run_id>``, checked to stay inside ``results_dir``."""
+        from bench.config_checks import contained_run_dir
+
         return contained_run_dir(self)
 
 
@@ -227,99 +226,6 @@ def from_dict(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> 
         raise ConfigError(f"{where}: {e}") from None
 
 
-def validate(config: RunConfig, where: str) -> RunConfig:
-    """Cross-field checks that need the registries (method name and options, task names),
-    paths (study, results_dir, task sources, a local backbone folder) and duplicates."""
-    from bench.tasks import TASKS
-
-    check_study(config.study, where)
-    check_results_dir(config.results_dir, where)
-    try:
-        contained_run_dir(config)
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    check_backbone(config.backbone.name, where)
-    check_unique(config.tasks.names, "tasks.names", where)
-    for task, source in config.tasks.sources.items():
-        if source != "hub" and not Path(source).exists():
-            raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} does not exist; "
-                              f"allowed: 'hub' or an existing file or folder")
-
-    try:
-        methods.build(config.method.name, config.method.options)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
-    unknown = [t for t in config.tasks.names if t not in TASKS]
-    if unknown or not config.tasks.names:
-        raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
-                          f"allowed: a non-empty list of {', '.join(TASKS)}")
-    for task in config.tasks.sources:
-        if task not in config.tasks.names or TASKS[task].loader is None:
-            raise ConfigError(f"{where}: key 'tasks.sources.{task}': not a paper task of tasks.names")
-    judge = config.eval.judge
-    if judge:
-        from bench.judge import JUDGE_KEYS
-
-        kind = judge.get("kind")
-        if kind not in JUDGE_KEYS:
-            raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: 'hf', 'openai'")
-        unknown = sorted(set(judge) - JUDGE_KEYS[kind]["allowed"])
-        missing = sorted(JUDGE_KEYS[kind]["required"] - set(judge))
-        if unknown or missing:
-            raise ConfigError(f"{where}: key 'eval.judge': unknown {unknown}, missing {missing}; allowed for "
-                              f"kind {kind!r}: {', '.join(sorted(JUDGE_KEYS[kind]['allowed']))}")
-    if config.eval.limit > config.tasks.test_size:
-        raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
-                          f"{config.tasks.test_size}")
-    return config
-
-
-STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def check_study(study: str, where: str) -> None:
-    """A study is one plain folder name: no '..', no absolute path, no separator."""
-    if not STUDY.match(study) or study in (".", ".."):
-        raise ConfigError(f"{where}: bad value {study!r} for key 'study'; allowed: a plain folder name "
-                          f"(letters, digits, '_', '.', '-'; no '/', no '..')")
-
-
-def check_results_dir(results_dir: str, where: str) -> None:
-    """``results_dir`` is a folder, or can become one (no regular file on its path)."""
-    path = Path(results_dir).expanduser()
-    for part in [path, *path.parents]:
-        if part.exists():
-            if not part.is_dir():
-                raise ConfigError(f"{where}: bad value {results_dir!r} for key 'results_dir': {part} is a file, "
-                                  f"not a folder; allowed: a folder path")
-            return
-
-
-def check_backbone(name: str, where: str) -> None:
-    """A name that can only be a local folder must exist and hold a model config."""
-    from bench.models import BACKBONES
-
-    if name in BACKBONES:
-        return
-    path = Path(name).expanduser()
-    local = path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
-    if local and not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "holds no config.json"
-        raise ConfigError(f"{where}: bad value {name!r} for key 'backbone.name': the local folder {what}; "
-                          f"allowed: {', '.join(BACKBONES)}, a hub id (org/name) or a folder with config.json")
-
-
-def contained_run_dir(config: RunConfig) -> Path:
-    """The run's folder, resolved (symbolic links followed) and checked to lie inside
-    ``results_dir``: nothing taken from a config ever writes outside it."""
-    root = Path(config.results_dir).expanduser().resolve()
-    run_dir = (root / config.study / config.run_id).resolve()
-    if not run_dir.is_relative_to(root):
-        raise ConfigError(f"results folder {root / config.study / config.run_id} resolves to {run_dir}, "
-                          f"outside results_dir {root} (a symbolic link?): refusing to write there")
-    return run_dir
-
-
 class Replace:
     """An override value that replaces a table instead of merging into it."""
 
@@ -369,6 +275,8 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     if "grid" in data:
         raise ConfigError(f"{path}: has a [grid] table: run it with 'isobench grid {path}'")
     data = merge(data, overrides or {})
+    from bench.config_checks import validate
+
     return validate(from_dict(RunConfig, data, str(path)), str(path))
 
 

@@ -40,8 +40,8 @@ from bench.config import (
     parse_override,
     read_toml,
     resolve_sources,
-    validate,
 )
+from bench.config_checks import validate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from methods.importance import GradSquaredEMA, second_moment
-from methods.isolation import RefreshConfig, RefreshingIsolation
+from methods.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 

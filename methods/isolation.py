@@ -1,15 +1,12 @@
 """Base classes of the isolation methods: hold an ``IsolatedSet``, keep it bit-exact, log drift.
 
 ``IsolationMethod``: subclasses decide *which* entries to isolate and *when*
-(``static_isolation``); they call ``self.isolate(index, step)`` and this class does the rest:
+(``static_isolation``; ``methods.refreshing`` for masks re-selected on a schedule); they call
+``self.isolate(index, step)`` and this class does the rest:
 zero isolated gradients before clipping, restore frozen values after every optimizer step,
 optionally clear the Adam moments of entries that become isolated, and emit one ``set_drift``
 event per mask change (size, fraction, entries per layer, Jaccard with the previous and the
 first mask).
-
-``RefreshingIsolation``: a mask re-selected on a schedule (warm-up, then every
-``refresh_every`` steps) as the global top-rho of an abstract ``scores`` function (``epi``:
-gradient importance; ``random_isolation``: uniform noise).
 
 ``index`` format of ``isolate``: ``{parameter name: 1-D integer tensor of flat indices into that
 parameter}`` (as ``methods.masks.select_top_fraction`` returns); names absent from it isolate
@@ -27,7 +24,7 @@ import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
-from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard, select_top_fraction
+from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
@@ -54,31 +51,6 @@ class IsolationConfig(MethodConfig):
                 re.compile(p)
             except re.error:
                 self.check(False, "eligible", "a list of valid regular expressions")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class RefreshConfig(IsolationConfig):
-    """Options of methods that re-select their mask during training (epi, random_isolation)."""
-
-    refresh_every: int = dataclasses.field(default=50, metadata={"help": "optimizer steps between mask refreshes"})
-    warmup_steps: int | None = dataclasses.field(
-        default=None, metadata={"help": "steps before the first mask (None = refresh_every)"})
-    max_refreshes: int = dataclasses.field(
-        default=0, metadata={"help": "stop refreshing after this many masks (0 = never stop)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check(isinstance(self.refresh_every, int) and self.refresh_every > 0, "refresh_every", "an integer > 0")
-        self.check(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0),
-                   "warmup_steps", "None or an integer >= 0")
-        self.check(isinstance(self.max_refreshes, int) and self.max_refreshes >= 0, "max_refreshes", "an integer >= 0")
-
-    def refresh_due(self, steps_done: int, refreshes_done: int) -> bool:
-        """True after ``steps_done`` optimizer steps when a new mask is due."""
-        warmup = self.refresh_every if self.warmup_steps is None else self.warmup_steps
-        if self.max_refreshes and refreshes_done >= self.max_refreshes:
-            return False
-        return steps_done >= warmup and (steps_done - warmup) % self.refresh_every == 0
 
 
 class IsolationMethod(Method):
@@ -174,36 +146,3 @@ class IsolationMethod(Method):
         self.isolated.load_state_dict(state["isolated"])
         self.first, self.refreshes = state["first"], state["refreshes"]
         self.stage, self.last_event = state["stage"], state["last_event"]
-
-
-class RefreshingIsolation(IsolationMethod):
-    """Re-selects the mask as the global top-rho of ``scores`` on ``RefreshConfig``'s schedule."""
-
-    config: RefreshConfig
-    normalize = False  # per-tensor min-max normalization before the global selection
-
-    def on_stage_start(self, ctx: StageContext) -> None:
-        super().on_stage_start(ctx)
-        self.optimizer, self.steps_done = ctx.optimizer, ctx.step
-
-    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        super().after_step(step, model, optimizer)
-        self.optimizer, self.steps_done = optimizer, step + 1
-        if self.config.refresh_due(step + 1, self.refreshes):
-            self.refresh(step + 1, optimizer)
-
-    def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        """Importance of every eligible entry (shaped like its parameter); higher = isolated first."""
-        raise NotImplementedError
-
-    def reset_keys(self) -> tuple[str, ...]:
-        """Optimizer state cleared for entries that become isolated (default: none)."""
-        return ()
-
-    def refresh(self, steps_done: int, optimizer: torch.optim.Optimizer) -> None:
-        """Select the new mask from the current scores and isolate it."""
-        index = select_top_fraction(self.scores(optimizer), self.config.rho, normalize=self.normalize)
-        self.isolate(index, steps_done, optimizer, self.reset_keys())
-
-    def timed_operations(self) -> dict[str, Any]:
-        return {"refresh": lambda: self.refresh(self.steps_done, self.optimizer)}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.isolation import RefreshConfig, RefreshingIsolation
+from methods.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 

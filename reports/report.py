@@ -25,7 +25,7 @@ def error_type(run: Run) -> str | None:
 
 def lost_updates(runs: Sequence[Run]) -> list[str]:
     """Runs whose lost-update sentinel exceeds the threshold: their frozen entries may be
-    rounding, not isolation."""
+    rounding, not a deliberate freeze."""
     out = []
     for r in runs:
         records = (r.result.train.observers.get("lost_update") or []) if r.result is not None else []
