@@ -141,3 +141,6 @@ class StageData:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.precision.autocast():
             return mean_nll(model, batch)
+
+    def optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return self.precision.optimizer([{"params": params}], lr, (0.9, 0.999), 0.0)

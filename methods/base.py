@@ -49,7 +49,8 @@ class StageData(Protocol):
 
     ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
     task of it), ``loss(model, batch)`` is the exact loss the training loop optimizes (under the
-    run's precision policy).
+    run's precision policy), ``optimizer(params, lr)`` the run's optimizer (its rounding too)
+    for a method's own short fine-tunes (probes), without weight decay.
     """
 
     stage: int
@@ -58,6 +59,8 @@ class StageData(Protocol):
     def batches(self, n: int, task: str | None = None) -> Iterator[Batch]: ...
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+    def optimizer(self, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer: ...
 
 
 def tensor_bytes(obj: Any) -> int:

@@ -75,12 +75,13 @@ def mean_grad_squared(model: nn.Module, params: dict[str, nn.Parameter], batches
 
 def probe_displacement(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterator[Batch],
                        loss: Callable[[nn.Module, Batch], torch.Tensor], lr: float,
-                       optimizer: Callable[..., Any] = torch.optim.AdamW) -> dict[str, torch.Tensor]:
+                       optimizer: Callable[[list[nn.Parameter], float], Any]) -> dict[str, torch.Tensor]:
     """``|theta_probe - theta_0|`` per parameter after fine-tuning a copy of ``model`` on
-    ``batches`` (one optimizer step each); ``model`` itself is never touched."""
+    ``batches`` (one step each of ``optimizer(params, lr)``, the run's own optimizer, so the
+    probe's updates round as the run's do); ``model`` itself is never touched."""
     probe = copy.deepcopy(model)
     probe.zero_grad(set_to_none=True)
-    opt = optimizer([p for p in probe.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    opt = optimizer([p for p in probe.parameters() if p.requires_grad], lr)
     for batch in batches:
         loss(probe, batch).backward()
         opt.step()

@@ -80,4 +80,4 @@ class StaticIsolation(IsolationMethod):
     def probe(self, model: nn.Module, data: StageData, task: str) -> dict[str, torch.Tensor]:
         """|theta_probe - theta_0| after a short fine-tune of a copy on ``task`` alone."""
         return probe_displacement(model, self.params, data.batches(self.config.probe_steps, task=task),
-                                  data.loss, self.config.probe_lr)
+                                  data.loss, self.config.probe_lr, data.optimizer)
