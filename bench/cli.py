@@ -106,6 +106,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        counts = {"unfinished": -1}
+    if counts.get("unfinished"):
         print(f"\ninterrupted: finished cells are kept, and unfinished ones resume from their checkpoints. "
               f"Resume with: isobench grid {args.config}", file=sys.stderr)
         return 130

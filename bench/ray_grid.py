@@ -154,9 +154,12 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
 
 
 def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool) -> dict[str, int]:
+    import logging
+
     import ray
     from ray import tune
 
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
     write_manifest(grid)
     redo = {"failed"} if retry_failed else {"missing", "running", "corrupt"}
     todo = [c for c in grid.cells if cell_status(c) in redo]
@@ -216,7 +219,10 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
         ray.shutdown()
         if not address:
             reap(temp_dir)
-    return {**counts, **summarize(grid)}
+    # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
+    # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
+    unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
+    return {**counts, **summarize(grid), "unfinished": unfinished}
 
 
 def _failed(config: RunConfig, error: BaseException) -> res.Result:
