@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -109,7 +110,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
         counts = {"unfinished": -1}
     if counts.get("unfinished"):
         print(f"\ninterrupted: finished cells are kept, and unfinished ones resume from their checkpoints. "
-              f"Resume with: isobench grid {args.config}", file=sys.stderr)
+              f"Resume with: {shlex.join(['isobench', 'grid', args.config, *(x for v in args.set for x in ('--set', v))])}",
+              file=sys.stderr)
         return 130
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
