@@ -146,6 +146,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from reports.export import export
+
+    try:
+        paths = export(args.study, args.format, args.out)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import methods
 
@@ -184,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="", help="column order, comma-separated (default: the config's)")
     p.add_argument("--out", default=None, help="where to write the tables (default: <study>/tables)")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("export", help="a study's scores and run stats as long tables (csv, jsonl, parquet) for pandas")
+    p.add_argument("study", help="results/<study>")
+    p.add_argument("--format", default="csv", choices=["csv", "jsonl", "parquet"])
+    p.add_argument("--out", default=None, help="folder to write into (default: <study>/export)")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("methods", help="list registered methods and their options")
     p.set_defaults(fn=cmd_methods)
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from reports.html import page
 from reports.load import Run, load_study, method_order
 from reports.metrics import LOST_UPDATE_THRESHOLD
 from reports.plots import drift_plots, heatmaps, score_bars
@@ -54,7 +55,7 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
-        text = write_all(runs, methods or method_order(study_dir), tasks, staging)
+        text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
@@ -67,7 +68,8 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     return text.replace(str(staging), str(out))
 
 
-def write_all(runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[str] | None, out: Path) -> str:
+def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[str] | None,
+              out: Path) -> str:
     """Every table and plot into ``out``; returns the terminal summary."""
     row_methods, task_order = ordered_methods(runs, methods), ordered_tasks(runs, tasks)
     shown = []
@@ -80,7 +82,8 @@ def write_all(runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[st
         write(out / f"{table.name}.tex", table.latex())
         write(out / f"{table.name}.csv", table.csv())
         shown.append(f"## {table.name}\n\n{table.markdown()}")
-    for ext, text in significance_table(runs, row_methods, task_order).items():
+    significance = significance_table(runs, row_methods, task_order)
+    for ext, text in significance.items():
         write(out / f"significance.{ext}", text)
     plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
         heatmaps(runs, row_methods, task_order, out)
@@ -94,4 +97,6 @@ def write_all(runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[st
               + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in other)
               + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else "")
               + "".join(f"\n  lost updates: {line}" for line in lossy))
-    return "\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables and {len(plots)} plots to {out}"
+    write(out / "report.html", page(study, runs, tables, significance["md"], plots, status))
+    return ("\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables, {len(plots)} plots and report.html "
+            f"to {out}")

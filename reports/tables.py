@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import io
 import itertools
 from collections.abc import Iterable, Sequence
@@ -68,10 +69,18 @@ class Table:
                 top = best[j]
                 bold = top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
                 if bold:
-                    text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
+                    text = {"md": f"**{text}**", "html": f"<b>{text}</b>"}.get(fmt, rf"\textbf{{{text}}}")
                 cells.append(text)
             body.append([*labels, *cells])
         return body
+
+    def html(self) -> str:
+        """An HTML table (labels escaped; best means in bold) and its footnote."""
+        rows = [[html.escape(c) for c in labels] + cells[len(labels):]
+                for (labels, _), cells in zip(self.rows, self.formatted("html"))]
+        table = tabulate(rows, headers=[html.escape(h) for h in (*self.labels, *self.columns)], tablefmt="unsafehtml",
+                         disable_numparse=True)
+        return table + (f"<p class=note>{html.escape(self.footnote)}</p>" if self.footnote else "")
 
     def markdown(self) -> str:
         text = tabulate(self.formatted("md"), headers=[*self.labels, *self.columns], tablefmt="github",

@@ -1,0 +1,89 @@
+"""``isobench export results/STUDY``: a study's numbers as long tables for pandas.
+
+- ``scores.<fmt>``: one row per run x stage x task: run_id, method, variant, seed, backbone,
+  regime, stage, trained_on, task, score, nll, scorer, chance, and every method option as
+  ``option.<name>``;
+- ``runs.<fmt>``: one row per run: identity, status, error type, train stats (steps, loss,
+  tokens/s, wall time, peak memory), precision, resumes, git commit and dirty flag.
+Formats: ``csv`` and ``jsonl`` (standard library), ``parquet`` (needs pandas and pyarrow).
+Only successful runs have score rows; every run has a ``runs`` row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from reports.load import Run, load_study
+
+FORMATS = ("csv", "jsonl", "parquet")
+
+
+def score_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        if not r.ok or r.result is None:
+            continue
+        options = {f"option.{k}": json.dumps(v) if isinstance(v, list | dict) else v
+                   for k, v in sorted(((r.config or {}).get("method", {}).get("options") or {}).items())}
+        ev = r.result.evaluation
+        for stage in ev.stages:
+            for task in r.result.run.tasks:
+                rows.append({"run_id": r.run_id, "method": r.method, "variant": r.variant, "seed": r.seed,
+                             "backbone": r.backbone, "regime": r.regime, "stage": stage.stage,
+                             "trained_on": "+".join(stage.trained_on), "task": task, "score": stage.scores.get(task),
+                             "nll": stage.nll.get(task), "scorer": ev.scorers.get(task), "chance": ev.chance.get(task),
+                             **options})
+    return rows
+
+
+def run_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        res = r.result
+        summary = res.train.summary if res is not None else {}
+        rows.append({"run_id": r.run_id, "method": r.method, "variant": r.variant, "seed": r.seed,
+                     "backbone": r.backbone, "regime": r.regime, "status": r.status,
+                     "error": res.run.error.type if res is not None and res.run.error is not None else None,
+                     "steps": summary.get("steps"), "loss_first": summary.get("loss_first"),
+                     "loss_last": summary.get("loss_last"), "tokens_per_s": summary.get("tokens_per_s"),
+                     "train_s": summary.get("train_s"), "wall_s": res.train.wall_s if res is not None else None,
+                     "peak_memory_bytes": res.train.peak_memory_bytes if res is not None else None,
+                     "precision": res.train.precision.get("policy") if res is not None else None,
+                     "resumes": len(res.run.resumed_from) if res is not None else None,
+                     "git_commit": res.provenance.git_commit if res is not None else None,
+                     "git_dirty": res.provenance.git_dirty if res is not None else None})
+    return rows
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    if fmt == "csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+    elif fmt == "parquet":
+        import pandas as pd
+
+        pd.DataFrame(rows, columns=columns).to_parquet(path, index=False)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def export(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``scores.<fmt>`` and ``runs.<fmt>`` (default into ``<study>/export/``)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+    runs = [r for r in load_study(study_dir) if r.status != "stale"]
+    out = Path(out_dir) if out_dir is not None else Path(study_dir) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"scores.{fmt}", out / f"runs.{fmt}"]
+    write_rows(score_rows(runs), paths[0], fmt)
+    write_rows(run_rows(runs), paths[1], fmt)
+    return paths
