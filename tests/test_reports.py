@@ -134,3 +134,26 @@ def test_report_flags_a_run_with_lost_updates(study):
     assert read_result_file(path).train.observers["lost_update"][0]["fraction"] == 0.7
     printed = report(study)
     assert "lost updates: full_sft-s0 (bf16-pure): 70.0% of the entries with a gradient never changed in stage 1" in printed
+
+
+def test_report_html_is_self_contained(study):
+    report(study)
+    page = (study / "tables" / "report.html").read_text()
+    assert "<h2>main_sequential</h2>" in page and "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page  # no CDN, no network
+    assert "epi-s1" in page and "NonFiniteLoss" in page  # failed cells with their errors
+
+
+@pytest.mark.browser
+def test_report_html_renders_in_headless_chromium(study, tmp_path):
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    report(study)
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,2400",
+                    f"--screenshot={shot}", (study / "tables" / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 50_000  # tables and four inline plots, not a blank page
