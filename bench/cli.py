@@ -61,6 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{config.backbone.name}, {config.regime}, seed {config.seed}); --cell N picks another", file=sys.stderr)
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
     from bench.memory_plan import DoesNotFit, check_fits
+    from bench.precision import missing_package
+
+    if missing_package(config.train.precision):
+        print(f"error: {args.config}: {missing_package(config.train.precision)}", file=sys.stderr)
+        return 2
 
     try:
         plan = check_fits(config, _device_bytes(args))
@@ -93,16 +98,24 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if grid is None:
         return 2
     device_bytes = _device_bytes(args)
+    from bench.precision import missing_package
+
+    missing = sorted({m for c in grid.cells if (m := missing_package(c.train.precision))})
     if args.dry_run:
+        for why in missing:
+            print(f"note: {why}")
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
         print("\n".join(describe(grid, device_bytes)))
         return 0
+    if missing:
+        print(f"error: {args.config}: {missing[0]}", file=sys.stderr)
+        return 2
     from bench.config import ConfigError
     from bench.study import NotWritable, StudyBusy
 
     try:
         counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart,
-                          device_bytes=device_bytes)
+                          device_bytes=device_bytes, verbose=args.verbose)
     except (ConfigError, NotWritable, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
     p.add_argument("--retry-failed", action="store_true", help="re-run only the cells whose result says failed")
     p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output (banner, trial table, hints)")
     p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)

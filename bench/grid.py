@@ -55,6 +55,7 @@ class GridSpec:
     method_axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_concurrent_trials: int = 0
     max_failures: int = 1
+    loggers: list[str] = dataclasses.field(default_factory=list)  # mlflow, wandb (tensorboard is always on)
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -127,6 +128,9 @@ def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, A
             raise ConfigError(f"{where}: unknown key grid.resources.{res}; allowed: cpu, gpu")
         if isinstance(count, bool) or not isinstance(count, int | float) or not math.isfinite(count) or count < 0:
             raise ConfigError(f"{where}: bad value {count!r} for key 'grid.resources.{res}'; allowed: a number >= 0")
+    for name in spec.loggers:
+        if name not in ("tensorboard", "mlflow", "wandb"):
+            raise ConfigError(f"{where}: bad value {name!r} in key 'grid.loggers'; allowed: tensorboard, mlflow, wandb")
     for key in ("max_concurrent_trials", "max_failures"):
         if getattr(spec, key) < 0:
             raise ConfigError(f"{where}: bad value {getattr(spec, key)!r} for key 'grid.{key}'; allowed: >= 0")

@@ -37,6 +37,19 @@ _TABLE: dict[str, tuple[torch.dtype, torch.dtype | None, str, int]] = {
 }
 
 
+PACKAGES = {"bf16-sr": ("torchao", "torchao"), "bf16-kahan": ("optimi", "torch-optimi")}
+
+
+def missing_package(name: str) -> str | None:
+    """Why policy ``name`` cannot run here (its optimizer's package is not installed), or None."""
+    import importlib.util
+
+    module, dist = PACKAGES.get(name, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"train.precision = {name!r} needs the package {dist}: pip install 'isobench[gpu]' (or pip install {dist})"
+
+
 def resolve(name: str, on: torch.device) -> str:
     """``auto`` -> ``bf16-mixed`` on GPU, ``fp32`` on CPU."""
     if name == "auto":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -29,7 +30,9 @@ from bench import results as res
 from bench.config import ConfigError, RunConfig, from_dict, to_dict
 from bench.files import atomic_write
 from bench.grid import Grid
+from bench.grid_progress import GridProgress, clock
 from bench.memory_plan import DoesNotFit, Plan, check_fits, knobs, plan_cell
+from bench.regimes import stages
 from bench.study import study_lock
 
 
@@ -75,8 +78,16 @@ def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
     return lines
 
 
+def cell_steps(config: RunConfig) -> tuple[int, int]:
+    """(stages, optimizer steps) of a cell."""
+    n = len(stages(config.regime, config.tasks.names))
+    return n, n * config.train.steps_per_stage
+
+
 def _trial(space: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one cell."""
+    """Ray Tune function trainable: one cell. Every metrics line goes to the driver through
+    ``tune.report`` (live progress, and Ray's TensorBoard / MLflow / W&B loggers)."""
+    start = time.perf_counter()
     import torch
     from ray import tune
 
@@ -84,8 +95,15 @@ def _trial(space: dict[str, Any]) -> None:
 
     torch.set_num_threads(max(1, int(space["threads"])))
     config = from_dict(RunConfig, space["cell"], "<grid cell>")
-    result = execute(config, progress=False, restart=space["restart"])
-    tune.report({"status_success": float(result.ok)})
+    ident = {"run_id": config.run_id, "method": config.method.name, "seed": config.seed,
+             "stages": cell_steps(config)[0]}
+
+    def report(record: dict[str, Any]) -> None:
+        tune.report({**ident, **{k: v for k, v in record.items() if isinstance(v, int | float)}})
+
+    result = execute(config, progress=False, restart=space["restart"], listeners=[report],
+                     timing={"setup_s": time.perf_counter() - start})
+    tune.report({**ident, "status_success": float(result.ok)})
 
 
 def _ray_temp_dir(study_dir: Path) -> Path:
@@ -111,17 +129,6 @@ def reap(temp_dir: Path) -> int:
     return killed
 
 
-class _Progress:
-    """Prints 'done / running / failed' as trials finish."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.failed, self.started = total, 0, 0, time.time()
-
-    def line(self, running: int) -> None:
-        print(f"[grid] {self.done}/{self.total} done, {running} running, {self.failed} failed, "
-              f"{time.time() - self.started:.0f}s", file=sys.stderr, flush=True)
-
-
 def check_resources(per_trial: dict[str, float], address: str | None) -> None:
     """On a local Ray, a trial cannot ask for more than this machine has."""
     if address:
@@ -136,7 +143,7 @@ def check_resources(per_trial: dict[str, float], address: str | None) -> None:
 
 
 def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False,
-             device_bytes: int | None = None) -> dict[str, int]:
+             device_bytes: int | None = None, verbose: bool = False) -> dict[str, int]:
     """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
     Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -150,12 +157,26 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
                 except DoesNotFit as e:
                     print(f"error: {e}", file=sys.stderr)
                     res.write_result(cell.run_dir, _failed(cell, e))
-        return _run_locked(grid, address, retry_failed, restart)
+        return _run_locked(grid, address, retry_failed, restart, verbose)
 
 
-def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool) -> dict[str, int]:
-    import logging
+def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
+    """Ray Tune's own tracker callbacks for ``[grid] loggers`` (TensorBoard is on by default:
+    Ray writes events of every reported metric under ``<study>/.ray/``)."""
+    out: list[Any] = []
+    if "mlflow" in names:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+        out.append(MLflowLoggerCallback(tracking_uri=(study_dir / "mlruns").as_uri(), experiment_name=study_dir.name))
+    if "wandb" in names:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        out.append(WandbLoggerCallback(project=study_dir.name, mode="offline", dir=str(study_dir)))
+    return out
+
+
+def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool) -> dict[str, int]:
     import ray
     from ray import tune
 
@@ -172,27 +193,39 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
 
     for backbone in sorted({c.backbone.name for c in todo}):
         prepare_backbone(backbone)
+    from bench.run import base_key, ensure_base_scores
+
+    firsts = {base_key(c): c for c in reversed(todo)}
+    for cell in firsts.values():  # once per backbone (and seed of a random-init one), before any trial
+        print(f"[grid] base scores of {cell.backbone.name}", file=sys.stderr, flush=True)
+        ensure_base_scores(cell)
     per_trial = resources(grid)
     temp_dir = _ray_temp_dir(study_dir)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    if not verbose:  # Ray's banner, trial table and hints; the status blocks say what matters
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
         reap(temp_dir)
-        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), log_to_driver=False,
+        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **quiet,
                  runtime_env={"env_vars": {"TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"}})
-    progress = _Progress(len(todo))
+    progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
 
     class Callback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN202
+            progress.report(str(result.get("run_id")), result)
+
+        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001, ANN202
+            progress.tick()
+
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
-            progress.done += 1
-            progress.line(sum(t.status == "RUNNING" and t is not trial for t in trials))
+            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
-            progress.done += 1
-            progress.failed += 1
-            progress.line(sum(t.status == "RUNNING" and t is not trial for t in trials))
+            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=True)
 
     cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
     try:
@@ -202,7 +235,8 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
             param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1), "restart": restart},
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None),
             run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
-                                      storage_path=str(study_dir / ".ray"), verbose=0, callbacks=[Callback()],
+                                      storage_path=str(study_dir / ".ray"), verbose=2 if verbose else 0,
+                                      callbacks=[Callback(), *logger_callbacks(grid.spec.loggers, study_dir)],
                                       failure_config=tune.FailureConfig(max_failures=grid.spec.max_failures)),
         )
         outcome = tuner.fit()
@@ -222,6 +256,7 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
     unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
+    print_breakdown(todo)
     return {**counts, **summarize(grid), "unfinished": unfinished}
 
 
@@ -235,6 +270,22 @@ def _failed(config: RunConfig, error: BaseException) -> res.Result:
 def _record_crash(config: RunConfig, error: BaseException) -> None:
     """A trial died without writing its result (e.g. killed for memory): record it as failed."""
     res.write_result(config.run_dir, _failed(config, error))
+
+
+def print_breakdown(cells: list[RunConfig]) -> None:
+    """One line per cell run this time: where its wall time went."""
+    for c in cells:
+        try:
+            result = res.read_result(c.run_dir)
+        except res.ResultError:
+            continue
+        if result is None or not result.train.timing:
+            continue
+        t = result.train.timing
+        parts = "  ".join(f"{k.removesuffix('_s')} {t[k]:.0f}s" for k in
+                          ("setup_s", "data_s", "model_s", "base_s", "train_s", "eval_s") if k in t)
+        wall = result.train.wall_s or 0.0
+        print(f"[grid] {c.run_id}: wall {clock(wall)}  {parts}", file=sys.stderr)
 
 
 def write_manifest(grid: Grid) -> None:

@@ -9,6 +9,7 @@ error type, message and the step it reached, and is redone from scratch on the n
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -16,6 +17,7 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +50,39 @@ def seed_everything(seed: int) -> None:
 def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any) -> dict[str, Any]:
     """Scores of the untrained backbone, measured once per (backbone, tasks, eval) and cached
     under ``<study>/base/`` (the seed matters only for random-init backbones)."""
+    path = base_path(config)
+    if path.is_file():
+        return json.loads(path.read_text())["scores"]
+    scores = evaluate(model, tokenizer, suite, config.eval, judge=judge)
+    atomic_write(path, json.dumps({"key": json.loads(base_key(config)), "scores": scores}, indent=2, sort_keys=True) + "\n")
+    return scores
+
+
+def ensure_base_scores(config: RunConfig) -> None:
+    """Measure and cache the base scores of ``config``'s backbone (a grid does this once per
+    backbone before its trials start, so no two trials measure the same thing)."""
+    if base_path(config).is_file():
+        return
+    suite = load_suite(config, new_result(config))
+    precision = Precision.from_config(config.train.precision, device())
+    model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
+    judge = build_judge(config.eval.judge) if config.eval.judge else None
+    with precision.autocast():
+        base_scores(config, model, tokenizer, suite, judge)
+
+
+def base_key(config: RunConfig) -> str:
+    """What the base scores depend on (backbone, tasks, eval; the seed for random-init backbones)."""
     c = to_dict(config)
     key = {k: c[k] for k in ("backbone", "tasks", "eval")}
     key["seed"] = config.seed if resolve(config.backbone.name).random_init else None
     key["format"] = FORMAT_VERSION
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(config.results_dir) / config.study / "base" / f"{digest}.json"
-    if path.is_file():
-        return json.loads(path.read_text())["scores"]
-    scores = evaluate(model, tokenizer, suite, config.eval, judge=judge)
-    atomic_write(path, json.dumps({"key": key, "scores": scores}, indent=2, sort_keys=True) + "\n")
-    return scores
+    return json.dumps(key, sort_keys=True)
+
+
+def base_path(config: RunConfig) -> Path:
+    digest = hashlib.sha1(base_key(config).encode()).hexdigest()[:10]
+    return Path(config.results_dir) / config.study / "base" / f"{digest}.json"
 
 
 def new_result(config: RunConfig) -> Result:
@@ -103,9 +127,10 @@ def open_checkpoint(config: RunConfig, result: Result, restart: bool) -> tuple[C
 
 
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
-                  pad_id: int, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None) -> Trainer:
+                  pad_id: int, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
+                  listeners: list[Callable[[dict[str, Any]], None]]) -> Trainer:
     trainer = Trainer(model, method, config.train, pad_id, precision, run_dir=config.run_dir, progress=progress,
-                      checkpointer=checkpointer, observers=[LostUpdateSentinel(config.seed)])
+                      checkpointer=checkpointer, observers=[LostUpdateSentinel(config.seed)], listeners=listeners)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
     return trainer
@@ -120,7 +145,7 @@ def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> N
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
-                       result: Result) -> None:
+                       result: Result, timing: dict[str, float]) -> None:
     """Every stage of the regime: train, then evaluate all tasks on the exported model."""
     features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
     balanced = config.tasks.mix == "balanced"
@@ -131,7 +156,7 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
         data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, trainer.on,
                          config.seed, balanced, trainer.precision)
         trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
-        with trainer.precision.autocast():
+        with trainer.precision.autocast(), timed(timing, "eval_s"):
             scores = evaluate(trainer.method.export(trainer.model), tokenizer, suite, config.eval, judge=judge)
         result.evaluation.stages.append(StageResult(
             stage=stage.index, trained_on=stage.tasks, steps_done=trainer.step,
@@ -165,9 +190,21 @@ def finish(result: Result, trainer: Trainer | None, method: methods.Method | Non
     result.run.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def execute(config: RunConfig, *, progress: bool = True, force: bool = False, restart: bool = False) -> Result:
+@contextlib.contextmanager
+def timed(timing: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+
+
+def execute(config: RunConfig, *, progress: bool = True, force: bool = False, restart: bool = False,
+            listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+            timing: dict[str, float] | None = None) -> Result:
     """Train and evaluate one run, resuming from its checkpoint if it has one (``restart``
-    discards it); returns (and writes) its result."""
+    discards it); returns (and writes) its result. ``listeners`` get every metrics line;
+    ``timing`` (seconds by phase, e.g. the caller's imports) is completed and recorded."""
     run_dir = config.run_dir
     try:
         previous = res.read_result(run_dir)
@@ -179,21 +216,26 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     result = new_result(config)
     start = time.perf_counter()
     trainer = method = None
+    timing = dict(timing or {})
     try:
-        checkpointer, saved = open_checkpoint(config, result, restart or force)
+        with timed(timing, "checkpoint_read_s"):
+            checkpointer, saved = open_checkpoint(config, result, restart or force)
         seed_everything(config.seed)
-        suite = load_suite(config, result)
+        with timed(timing, "data_s"):
+            suite = load_suite(config, result)
         precision = Precision.from_config(config.train.precision, device())
-        model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
+        with timed(timing, "model_s"):
+            model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
         if config.train.activation_checkpointing:
             enable_activation_checkpointing(model)
         method = methods.build(config.method.name, config.method.options)
         judge = build_judge(config.eval.judge) if config.eval.judge else None
         if saved is None:
-            with precision.autocast():
+            with precision.autocast(), timed(timing, "base_s"):
                 result.evaluation.base = base_scores(config, model, tokenizer, suite, judge)
-        trainer = build_trainer(config, precision, method, model, tokenizer.pad_token_id, progress, checkpointer, saved)
-        train_and_evaluate(config, trainer, suite, tokenizer, judge, result)
+        trainer = build_trainer(config, precision, method, model, tokenizer.pad_token_id, progress, checkpointer, saved,
+                                list(listeners or []))
+        train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing)
         if config.train.keep_final_weights:
             keep_final_weights(config, trainer, tokenizer)
         checkpointer.discard()
@@ -202,6 +244,8 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         record_failure(result, e, trainer)
     finally:
         finish(result, trainer, method, time.perf_counter() - start)
+        timing["train_s"] = result.train.summary.get("train_s") or 0.0
+        result.train.timing = {k: round(v, 3) for k, v in timing.items()}
         if result.run.status != "running":  # Ctrl-C leaves no result: the run is simply missing
             res.write_result(run_dir, result)
     return result

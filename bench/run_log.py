@@ -8,6 +8,7 @@ Names of files here are generic: what an event means is said by its ``kind``, no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,16 @@ EVENTS_DIR = "events"
 class RunLog:
     """Buffered JSON lines for one run folder (or none: lines are then dropped at flush)."""
 
-    def __init__(self, run_dir: Path | None) -> None:
+    def __init__(self, run_dir: Path | None, listeners: list[Callable[[dict[str, Any]], None]] | None = None) -> None:
         self.run_dir = run_dir
+        self.listeners = list(listeners or [])  # e.g. a Ray trial reporting each line to the driver
         self.metrics: list[str] = []
         self.events: dict[str, list[str]] = {}
 
     def metric(self, record: dict[str, Any]) -> None:
         self.metrics.append(json.dumps(record))
+        for listener in self.listeners:
+            listener(record)
 
     def event(self, source: str, events: list[dict[str, Any]]) -> None:
         if events:

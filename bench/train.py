@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, method: Method, config: TrainConfig, pad_id: int, precision: Precision,
                  *, observers: Sequence[Observer] = (), run_dir: Path | None = None, progress: bool = True,
-                 checkpointer: Checkpointer | None = None) -> None:
+                 checkpointer: Checkpointer | None = None,
+                 listeners: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.method, self.config, self.pad_id, self.precision = method, config, pad_id, precision
         self.on = precision.device
         self.observers = list(observers)
@@ -73,7 +74,7 @@ class Trainer:
         self.groups = method.param_groups(self.model)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = precision.optimizer(self.groups, config.lr, tuple(config.betas), config.weight_decay)
-        self.log = RunLog(run_dir)
+        self.log = RunLog(run_dir, list(listeners))
         self.progress, self.checkpointer = progress, checkpointer
         self.scheduler: Any = None
         self.stream: Stream | None = None

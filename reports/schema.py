@@ -87,6 +87,7 @@ class TrainInfo:
     method_stats: dict[str, float] = dataclasses.field(default_factory=dict)
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)  # saves, bytes, write_s, read_s
     observers: dict[str, Any] = dataclasses.field(default_factory=dict)  # each observer's summary, by name
+    timing: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by phase (imports, data, model, ...)
 
 
 @dataclasses.dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,7 +90,16 @@ def test_grid_on_ray_isolates_a_failing_cell_and_resumes(tmp_path, capsys):
     failed = {k for k, r in results.items() if r["run"]["status"] == "failed"}
     assert len(failed) == 2 and all(results[k]["run"]["error"]["type"] == "NonFiniteLoss" for k in failed)
     assert all(r["run"]["config"]["train"]["lr"] == 1e30 for k, r in results.items() if k in failed)
-    assert "2 failed" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "2 failed" in captured.out
+    # Live status blocks (from the trials' tune.report), the per-trial time breakdown, no Ray banner.
+    assert re.search(r"\[grid \d+m\d\ds\] \d/4 done, \d running, \d failed, \d queued", captured.err)
+    assert re.search(r"(full_sft|epi) +seed 0  stage 1/1  step \d/3  loss \d+\.\d{3}  \dm\d\ds", captured.err)
+    assert re.search(r"\[grid\] \S+: wall \dm\d\ds  setup \d+s  data \d+s  model \d+s", captured.err)
+    assert "Number of trials" not in captured.err + captured.out and "Tuner.restore" not in captured.err
+    # Ray's TensorBoard logger has the per-step curves.
+    events = list((tmp_path / "results" / "g" / ".ray").rglob("events.out.tfevents*"))
+    assert events and any(b"ray/tune/loss" in e.read_bytes() for e in events)
     stamps = {k: r["run"]["started_at"] + str(r["train"]["wall_s"]) for k, r in results.items()}
     # Again: nothing to run. With --retry-failed: only the failed cells run (and fail again).
     assert main(["grid", str(path)]) == 1
