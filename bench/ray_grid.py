@@ -167,6 +167,7 @@ def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
     if "mlflow" in names:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a plain local folder, no database to set up
         out.append(MLflowLoggerCallback(tracking_uri=(study_dir / "mlruns").as_uri(), experiment_name=study_dir.name))
     if "wandb" in names:
         from ray.air.integrations.wandb import WandbLoggerCallback

@@ -83,7 +83,7 @@ def test_dry_run_prints_cells_and_resources(tmp_path, capsys):
 
 
 def test_grid_on_ray_isolates_a_failing_cell_and_resumes(tmp_path, capsys):
-    path = grid_file(tmp_path, extra='[grid.axes]\n"train.lr" = [0.003, 1e30]')
+    path = grid_file(tmp_path, extra='loggers = ["mlflow"]\n[grid.axes]\n"train.lr" = [0.003, 1e30]')
     assert main(["grid", str(path)]) == 1  # the lr = 1e30 cells fail, the grid goes on
     results = statuses(tmp_path)
     assert len(results) == 4
@@ -100,6 +100,8 @@ def test_grid_on_ray_isolates_a_failing_cell_and_resumes(tmp_path, capsys):
     # Ray's TensorBoard logger has the per-step curves.
     events = list((tmp_path / "results" / "g" / ".ray").rglob("events.out.tfevents*"))
     assert events and any(b"ray/tune/loss" in e.read_bytes() for e in events)
+    # and [grid] loggers = ["mlflow"] writes a local MLflow store with the same curves.
+    assert list((tmp_path / "results" / "g" / "mlruns").glob("*/*/metrics/loss"))
     stamps = {k: r["run"]["started_at"] + str(r["train"]["wall_s"]) for k, r in results.items()}
     # Again: nothing to run. With --retry-failed: only the failed cells run (and fail again).
     assert main(["grid", str(path)]) == 1
