@@ -234,7 +234,8 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
         tuner = tune.Tuner(
             tune.with_resources(_trial, per_trial),
             param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1), "restart": restart},
-            tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None),
+            tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None,
+                                        reuse_actors=True),  # no second round of imports per trial
             run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
                                       storage_path=str(study_dir / ".ray"), verbose=2 if verbose else 0,
                                       callbacks=[Callback(), *logger_callbacks(grid.spec.loggers, study_dir)],
