@@ -23,8 +23,12 @@ for noisy in ("lm-eval", "lm_eval", "datasets"):
 
 def _quiet_datasets() -> None:
     import datasets
+    import lm_eval.evaluator
 
     datasets.disable_progress_bars()
+    # lm-eval collects torch's environment report (a `pip list` subprocess) after every
+    # evaluation: ~0.9 s each, for information result.json's provenance already records.
+    lm_eval.evaluator.add_env_info = lambda results: None
 
 
 def evaluate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, suite: Suite, config: EvalConfig,
