@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(measure(args, name, lr, data))
             reference = next(r for r in rows if r["lr"] == lr and r["precision"] == "fp32")
             rows[-1]["displacement_vs_fp32"] = rows[-1]["displacement"] / reference["displacement"]
+            print(json.dumps(rows[-1]), flush=True)  # every row as soon as it is measured
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "rows": rows, "complete": False}, f, indent=2)
     header = (f"backbone {args.backbone}, {args.steps} full-SFT steps of {args.batch} rows (max {args.max_length} "
               f"tokens), constant lr, no weight decay, clipping 1.0, tasks {args.tasks}, {time.strftime('%Y-%m-%d')}")
     print(header)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                    headers=["lr", "precision", "displacement vs fp32", "never moved", "final loss", "step s"],
                    tablefmt="github", disable_numparse=True))
     with open(args.json, "w") as f:
-        json.dump({"header": header, "args": vars(args), "rows": rows}, f, indent=2)
+        json.dump({"header": header, "args": vars(args), "rows": rows, "complete": True}, f, indent=2)
     return 0
 
 
