@@ -16,12 +16,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from bench.precision import POLICIES
+
 # Keys of earlier versions, and what replaced them.
 RENAMED = {
-    "backbone.dtype": "'train.precision' (fp32 | bf16-mixed | bf16-pure | bf16-sr | bf16-kahan), which sets the "
-                      "parameter dtype, the autocast and the optimizer together",
-    "train.bf16": "'train.precision' (fp32 | bf16-mixed | bf16-pure | bf16-sr | bf16-kahan); bf16 = 'on' with bfloat16 "
-                  "weights was 'bf16-pure', with float32 weights 'bf16-mixed'",
+    "backbone.dtype": "'train.precision' (one policy for the parameter dtype, the autocast and the optimizer)",
+    "train.bf16": "'train.precision'; bf16 = 'on' with 16-bit weights was 'bf16-pure', with float32 weights "
+                  "'bf16-mixed'",
 }
 # Keys that say where and how often to save, not what is computed: excluded from the run id.
 OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights")
@@ -70,11 +71,9 @@ class TrainConfig:
     max_grad_norm: float = field(1.0, "gradient clipping norm; 0 disables", minimum=0)
     max_length: int = field(128, "tokens per training row (prompt + answer), truncated", minimum=8)
     log_every: int = field(1, "steps between metrics.jsonl lines", minimum=1)
-    precision: str = field("auto", "precision policy (bench/precision.py): fp32 | bf16-mixed (fp32 master weights, "
-                                   "bf16 compute) | bf16-pure (ablation: loses small updates) | bf16-sr (stochastic "
-                                   "rounding, torchao) | bf16-kahan (Kahan summation, torch-optimi); auto = bf16-mixed "
-                                   "on GPU, fp32 on CPU",
-                           choices=("auto", "fp32", "bf16-mixed", "bf16-pure", "bf16-sr", "bf16-kahan"))
+    precision: str = field("auto", "precision policy, one of bench/precision.py's POLICIES (its docstring says "
+                                   "what each does); auto = bf16-mixed on GPU, fp32 on CPU",
+                           choices=("auto", *POLICIES))
     activation_checkpointing: bool = field(False, "recompute each decoder layer's activations in the backward pass "
                                                   "(transformers' non-reentrant gradient checkpointing)")
     checkpoint_every: int = field(-1, "optimizer steps between in-run checkpoints (plus one after every stage); "

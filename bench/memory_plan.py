@@ -133,18 +133,20 @@ def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
     micro = config.train.batch_size // config.train.grad_accum
-    act = 2 if precision.autocast_dtype is not None or precision.param_dtype == torch.bfloat16 else 4
     optimizer_bytes = sum(precision.optimizer_state_bytes(p) for p in trainable)
     return Plan(param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes(),
-                activation_bytes(shape, micro * config.train.max_length, act, config.train.activation_checkpointing),
+                activation_bytes(shape, micro * config.train.max_length, precision.activation_bytes,
+                                 config.train.activation_checkpointing),
                 device_bytes)
 
 
 def knobs(config: RunConfig) -> str:
     """What could make a cell fit, in the order a user would try them."""
     out = []
-    if config.train.precision in ("auto", "fp32", "bf16-mixed", "bf16-kahan"):
-        out.append("train.precision = 'bf16-sr' (8 B/param of weights, gradients and AdamW state)")
+    policy = Precision.from_config(config.train.precision, torch.device("cuda"))
+    if policy.bytes_per_trainable_param > 8:
+        out.append(f"train.precision = 'bf16-sr' (8 B/param of weights, gradients and AdamW state instead of "
+                   f"{policy.bytes_per_trainable_param})")
     if not config.train.activation_checkpointing:
         out.append("train.activation_checkpointing = true")
     micro = config.train.batch_size // config.train.grad_accum

@@ -83,6 +83,17 @@ class Precision:
         tensors = _TABLE[self.name][3] if param.dtype == torch.bfloat16 else 2
         return tensors * param.numel() * param.element_size()
 
+    @property
+    def bytes_per_trainable_param(self) -> int:
+        """Weights + gradients + optimizer state of one full-SFT parameter (bf16-sr: 8)."""
+        size = self.param_dtype.itemsize
+        return 2 * size + (_TABLE[self.name][3] if self.param_dtype == torch.bfloat16 else 2) * size
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes per activation value of the compute dtype (the memory plan reads this)."""
+        return (self.autocast_dtype or self.param_dtype).itemsize
+
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """Context for every forward pass of the run."""
