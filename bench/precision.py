@@ -122,5 +122,3 @@ class Precision:
                 "autocast": None if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch."),
                 "optimizer": _TABLE[self.name][2]}
 
-
-FP32_CPU = Precision("fp32", torch.device("cpu"))
