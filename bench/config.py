@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.precision import POLICIES
+from bench.regimes import REGIMES
 
 # Keys of earlier versions, and what replaced them.
 RENAMED = {
@@ -26,6 +27,10 @@ RENAMED = {
 }
 # Keys that say where and how often to save, not what is computed: excluded from the run id.
 OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights")
+# Keys added after results existed: left out of the run id while at these values (their
+# behaviour before the key existed), so an earlier study's cells keep their run ids.
+ADDED_LATER = {"tasks.groups": [], "tasks.num_groups": 3, "analysis.importance_drift": {},
+               "analysis.gradient_conflict": {}}
 
 
 class ConfigError(ValueError):
@@ -54,7 +59,11 @@ class TasksConfig:
     train_size: int = field(200, "training rows per task", minimum=1)
     test_size: int = field(50, "held-out rows per task", minimum=1)
     data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)", minimum=0)
-    mix: str = field("proportional", "multitask mixture", choices=("proportional", "balanced"))
+    mix: str = field("proportional", "mixture within a stage of several tasks", choices=("proportional", "balanced"))
+    groups: list[list[str]] = field([], "multistage regime: the tasks of each stage, e.g. [[\"gsm8k\", \"logiqa\"], "
+                                        "[\"codealpaca\"]]; every task of tasks.names exactly once; empty = a random split")
+    num_groups: int = field(3, "multistage regime without tasks.groups: K groups of a random split drawn from the "
+                               "run seed (recorded in result.json)", minimum=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +113,20 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """Read-only analyses of training (bench/analysis/), off unless a table is given; they never
+    change what is trained, only what is recorded."""
+
+    importance_drift: dict[str, Any] = field({}, "{every = N, rho = 0.01, beta = 0.99}: fp32 EMA of g^2 over the "
+                                                 "trainable parameters; every N steps the top-rho set's Jaccard with "
+                                                 "the previous and the first set, and the Spearman correlation of "
+                                                 "per-tensor mean importance; empty = off")
+    gradient_conflict: dict[str, Any] = field({}, "{every = N, batches = B}: every N steps one gradient per task on B "
+                                                  "fixed batches of its training rows, nothing updated; pairwise "
+                                                  "cosines and the fraction of negative pairs; empty = off")
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
     name: str = field("full_sft", "a registered method (isobench methods)")
     options: dict[str, Any] = field({}, "the method's options")
@@ -112,7 +135,7 @@ class MethodSpec:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     study: str = field("default", "results go to <results_dir>/<study>/<run_id>/ (a plain folder name)")
-    regime: str = field("multitask", "training regime", choices=("multitask", "sequential"))
+    regime: str = field("multitask", "training regime (bench/regimes.py)", choices=REGIMES)
     seed: int = field(0, "seed of the model init, data order and dropout", minimum=0)
     results_dir: str = field("results", "root of all result folders")
     backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
@@ -120,18 +143,20 @@ class RunConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     method: MethodSpec = dataclasses.field(default_factory=MethodSpec)
+    analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
 
     @property
     def config_hash(self) -> str:
         """sha1 of the canonical resolved config, without the keys that cannot change a result
         (``OPERATIONAL``): the same science always has the same hash."""
         canon = to_dict(self)
-        for dotted in OPERATIONAL:
+        for dotted in [*OPERATIONAL, *(k for k, v in ADDED_LATER.items() if lookup(canon, k) == v)]:
             *path, last = dotted.split(".")
             table = canon
             for part in path:
                 table = table[part]
             table.pop(last)
+        canon = {k: v for k, v in canon.items() if v != {}}  # a table emptied by the above
         return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -145,6 +170,12 @@ class RunConfig:
         from bench.config_checks import contained_run_dir
 
         return contained_run_dir(self)
+
+
+def lookup(table: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        table = table[part]
+    return table
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ model loads and before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         methods.build(config.method.name, config.method.options)
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
+    check_stages(config, where)
+    from bench import analysis
+
+    try:
+        analysis.check(dataclasses.asdict(config.analysis))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
     unknown = [t for t in config.tasks.names if t not in TASKS]
     if unknown or not config.tasks.names:
         raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
@@ -58,6 +66,24 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
     return config
+
+
+def check_stages(config: RunConfig, where: str) -> None:
+    """The multistage regime's groups cover every task exactly once (or K fits the task count),
+    and a method that plans its own stages runs in that regime."""
+    names, groups = config.tasks.names, config.tasks.groups
+    if methods.get(config.method.name).plans_stages and config.regime != "multistage":
+        raise ConfigError(f"{where}: method {config.method.name!r} plans its own stages; bad value "
+                          f"{config.regime!r} for key 'regime'; allowed: 'multistage'")
+    if config.regime != "multistage":
+        return
+    flat = [t for g in groups for t in g]
+    if groups and (sorted(flat) != sorted(names) or any(not g for g in groups)):
+        raise ConfigError(f"{where}: bad value {groups!r} for key 'tasks.groups'; allowed: non-empty groups that "
+                          f"together name every task of tasks.names ({', '.join(names)}) exactly once")
+    if not groups and config.tasks.num_groups > len(names):
+        raise ConfigError(f"{where}: bad value {config.tasks.num_groups} for key 'tasks.num_groups'; allowed: "
+                          f"1 to {len(names)} (the number of tasks), or give tasks.groups")
 
 
 STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -1,7 +1,8 @@
 """Observers: read-only parts of the ``Trainer`` that watch training (drift, gradient conflict).
 
 An observer gets the same calls as the method (``methods.base`` lists them), always after the
-method, and must not change the model, its gradients or the optimizer: a run with and without
+method, plus ``on_gradients`` right after the backward pass, before the method's
+``after_backward``. It must not change the model, its gradients or the optimizer: a run with and without
 observers trains identically. Its events go to ``events/<name>.jsonl`` like the method's, and
 its ``state_dict`` is saved with the trainer's.
 """
@@ -21,9 +22,16 @@ class Observer:
 
     name: ClassVar[str] = "observer"
 
+    def attach(self, model: nn.Module) -> None:
+        """The model as the method prepared it, once, before any other call (allocate state)."""
+
     def on_stage_start(self, ctx: StageContext) -> None: ...
 
     def before_step(self, step: int, model: nn.Module) -> None: ...
+
+    def on_gradients(self, step: int, model: nn.Module) -> None:
+        """The step's summed gradients as the loss gave them, before the method's
+        ``after_backward`` (which may zero some, e.g. frozen entries)."""
 
     def after_backward(self, step: int, model: nn.Module) -> None: ...
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import random
@@ -24,21 +25,23 @@ from typing import Any
 import torch
 
 import methods
+from bench import analysis
 from bench import results as res
 from bench.checkpoint import Checkpointer
 from bench.config import RunConfig, to_dict
-from bench.data import StageData, Stream, encode
+from bench.data import Feature, StageData, Stream, encode
 from bench.evaluate import evaluate
 from bench.files import atomic_write
 from bench.judge import build_judge
 from bench.models import device, enable_activation_checkpointing, load_backbone, resolve
 from bench.precision import Precision
-from bench.regimes import stages
+from bench.regimes import plan, stages
 from bench.run_log import RunLog
 from bench.sentinel import LostUpdateSentinel
 from bench.tasks import Suite, build_suite
 from bench.tasks.lm_eval_files import FORMAT_VERSION
 from bench.train import Trainer
+from methods.base import StagePlan
 from reports.schema import ErrorInfo, Result, RunInfo, StageResult
 
 
@@ -75,6 +78,7 @@ def base_key(config: RunConfig) -> str:
     """What the base scores depend on (backbone, tasks, eval; the seed for random-init backbones)."""
     c = to_dict(config)
     key = {k: c[k] for k in ("backbone", "tasks", "eval")}
+    key["tasks"] = {k: v for k, v in key["tasks"].items() if k not in ("groups", "num_groups")}  # stages only
     key["seed"] = config.seed if resolve(config.backbone.name).random_init else None
     key["format"] = FORMAT_VERSION
     return json.dumps(key, sort_keys=True)
@@ -126,11 +130,19 @@ def open_checkpoint(config: RunConfig, result: Result, restart: bool) -> tuple[C
     return checkpointer, saved
 
 
+def all_tasks_data(config: RunConfig, features: dict[str, list[Feature]], pad_id: int,
+                   precision: Precision) -> StageData:
+    """Batches of every task of the run (for a method's stage plan and for the analyses)."""
+    return StageData(-1, features, config.train.batch_size, pad_id, precision.device, config.seed,
+                     config.tasks.mix == "balanced", precision)
+
+
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
-                  pad_id: int, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
+                  data: StageData, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
                   listeners: list[Callable[[dict[str, Any]], None]]) -> Trainer:
-    trainer = Trainer(model, method, config.train, pad_id, precision, run_dir=config.run_dir, progress=progress,
-                      checkpointer=checkpointer, observers=[LostUpdateSentinel(config.seed)], listeners=listeners)
+    observers = [LostUpdateSentinel(config.seed), *analysis.build(dataclasses.asdict(config.analysis), data)]
+    trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir, progress=progress,
+                      checkpointer=checkpointer, observers=observers, listeners=listeners)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
     return trainer
@@ -144,13 +156,21 @@ def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> N
     trainer.method.save_extras(trainer.model, folder)
 
 
+def regime_plan(config: RunConfig) -> StagePlan:
+    return plan(config.regime, config.tasks.names, config.tasks.groups, config.tasks.num_groups, config.seed)
+
+
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
-                       result: Result, timing: dict[str, float]) -> None:
-    """Every stage of the regime: train, then evaluate all tasks on the exported model."""
-    features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
-    balanced = config.tasks.mix == "balanced"
+                       result: Result, timing: dict[str, float], everything: StageData) -> None:
+    """The stage plan (the regime's, or the method's), then every stage: train, then evaluate
+    all tasks on the exported model."""
+    features, balanced = everything.rows, config.tasks.mix == "balanced"
+    if not result.evaluation.plan:  # a resumed run keeps the plan it had made
+        with timed(timing, "plan_s"):
+            chosen = trainer.plan_stages(regime_plan(config), everything, config.seed)
+        result.evaluation.plan = {"groups": chosen.groups, **chosen.details}
     done = len(result.evaluation.stages)  # stages a resumed run had already evaluated
-    for stage in stages(config.regime, config.tasks.names)[done:]:
+    for stage in stages(StagePlan(result.evaluation.plan["groups"]))[done:]:
         rows = {t: features[t] for t in stage.tasks}
         stream = Stream(rows, f"{config.seed}:{stage.index}", balanced)
         data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, trainer.on,
@@ -233,9 +253,11 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         if saved is None:
             with precision.autocast(), timed(timing, "base_s"):
                 result.evaluation.base = base_scores(config, model, tokenizer, suite, judge)
-        trainer = build_trainer(config, precision, method, model, tokenizer.pad_token_id, progress, checkpointer, saved,
+        features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
+        everything = all_tasks_data(config, features, tokenizer.pad_token_id, precision)
+        trainer = build_trainer(config, precision, method, model, everything, progress, checkpointer, saved,
                                 list(listeners or []))
-        train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing)
+        train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing, everything)
         if config.train.keep_final_weights:
             keep_final_weights(config, trainer, tokenizer)
         checkpointer.discard()

@@ -35,7 +35,7 @@ from bench.data import Feature, StageData, Stream, answer_tokens, collate, summe
 from bench.observers import Observer
 from bench.precision import Precision
 from bench.run_log import RunLog
-from methods.base import Method, StageContext
+from methods.base import Method, PlanContext, StageContext, StagePlan
 
 
 class NonFiniteLoss(RuntimeError):
@@ -71,6 +71,8 @@ class Trainer:
         self.on = precision.device
         self.observers = list(observers)
         self.model = method.prepare(model)
+        for observer in self.observers:
+            observer.attach(self.model)
         self.groups = method.param_groups(self.model)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = precision.optimizer(self.groups, config.lr, tuple(config.betas), config.weight_decay)
@@ -96,6 +98,13 @@ class Trainer:
         return StageContext(self.stage, self.step, self.data, self.model, self.optimizer)
 
     # -- stages -----------------------------------------------------------------------------------
+    def plan_stages(self, plan: StagePlan, data: StageData, seed: int) -> StagePlan:
+        """The method's stage plan (``Method.plan_stages``), or the regime's ``plan``; ``data``
+        holds every task of the run."""
+        chosen = self.method.plan_stages(PlanContext(plan, data, self.model, self.optimizer, seed))
+        self._collect_events()
+        return chosen if chosen is not None else plan
+
     def run_stage(self, stage: int, data: StageData, stream: Stream, steps: int) -> None:
         """``steps`` optimizer steps on ``stream`` with a fresh LR schedule for this stage; a
         trainer restored in the middle of this stage continues where it stopped."""
@@ -165,6 +174,8 @@ class Trainer:
                 nll = summed_nll(self.model, batch)
             (nll / total).backward()
             loss_sum += nll.detach()
+        for observer in self.observers:
+            observer.on_gradients(step, self.model)
         for part in self.parts:
             part.after_backward(step, self.model)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)

@@ -9,7 +9,11 @@ Every call, in order, for one run::
 
     prepare(model) -> model                       once; freeze, inject adapters, allocate state
     param_groups(model)                           once; the optimizer is then built from them
-    for each stage of the regime:
+    plan_stages(ctx) -> StagePlan | None          once, before the first stage; ctx: the regime's
+                                                  plan, every task's data, model, optimizer, seed;
+                                                  None keeps the regime's plan
+    drain_events()
+    for each stage of the plan:
         (the stage's LR scheduler is built)
         on_stage_start(ctx)                       ctx: stage, step, data, model, optimizer
         for each optimizer step:
@@ -75,6 +79,27 @@ def tensor_bytes(obj: Any) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """The stages of a run: ``groups[k]`` are the tasks mixed in stage ``k``; ``details`` (JSON
+    values) say how the plan was made and go into result.json (``evaluation.plan``)."""
+
+    groups: list[list[str]]
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanContext:
+    """What ``plan_stages`` receives: the regime's plan, batches of every task of the run
+    (``data.batches(n, task)``), the model and optimizer before any training, the run seed."""
+
+    plan: StagePlan
+    data: StageData
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class StageContext:
     """What ``on_stage_start`` and ``on_stage_end`` receive."""
 
@@ -102,6 +127,8 @@ class Method:
 
     ``isolates = True`` declares that the method freezes entries (``isolation_masks``); the
     contract tests then require that it isolates something and keeps it bit-identical.
+    ``plans_stages = True`` declares that ``plan_stages`` replaces the regime's grouping of tasks
+    into stages; such a method runs only in the ``multistage`` regime (checked with the config).
     Events (``drain_events``) are dicts with a ``kind`` (e.g. ``"set_drift"``), ``step`` and
     ``stage``; reports select them by kind, never by the method that wrote them.
     """
@@ -109,6 +136,7 @@ class Method:
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     isolates: ClassVar[bool] = False
+    plans_stages: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -121,6 +149,11 @@ class Method:
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Parameter groups the optimizer sees (default: every trainable parameter)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def plan_stages(self, ctx: PlanContext) -> StagePlan | None:
+        """Group the run's tasks into stages (e.g. by overlap of per-task importance) and make
+        any change to the starting weights that goes with it; None keeps ``ctx.plan``."""
+        return None
 
     # -- training -----------------------------------------------------------------------------
     def on_stage_start(self, ctx: StageContext) -> None:

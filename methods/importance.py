@@ -4,8 +4,8 @@ Three estimates, all kept in fp32 whatever the parameters' dtype:
 - ``GradSquaredEMA``: ``I <- beta * I + (1 - beta) * g^2`` per optimizer step (EPI's signal);
 - ``mean_grad_squared``: mean of g^2 over a few batches at fixed weights, no update (static
   isolation's calibration);
-- ``probe_displacement``: ``|theta_probe - theta_0|`` after a short fine-tune of a copy (CPI-FT's
-  core regions).
+- ``probe_displacement``: ``|theta_probe - theta_0|`` after a short fine-tune of a copy
+  (``fine_tuned_copy``; CPI-FT's core regions).
 ``second_moment`` reads an Adam-style optimizer's running g^2 through one accessor, so a method
 that reuses it (EPI ``adam_v``) works with any optimizer that keeps one.
 """
@@ -73,12 +73,11 @@ def mean_grad_squared(model: nn.Module, params: dict[str, nn.Parameter], batches
     return scores
 
 
-def probe_displacement(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterator[Batch],
-                       loss: Callable[[nn.Module, Batch], torch.Tensor], lr: float,
-                       optimizer: Callable[[list[nn.Parameter], float], Any]) -> dict[str, torch.Tensor]:
-    """``|theta_probe - theta_0|`` per parameter after fine-tuning a copy of ``model`` on
-    ``batches`` (one step each of ``optimizer(params, lr)``, the run's own optimizer, so the
-    probe's updates round as the run's do); ``model`` itself is never touched."""
+def fine_tuned_copy(model: nn.Module, batches: Iterator[Batch], loss: Callable[[nn.Module, Batch], torch.Tensor],
+                    lr: float, optimizer: Callable[[list[nn.Parameter], float], Any]) -> nn.Module:
+    """A copy of ``model`` fine-tuned on ``batches`` (one step each of ``optimizer(params, lr)``,
+    the run's own optimizer, so the copy's updates round as the run's do); ``model`` itself is
+    never touched."""
     probe = copy.deepcopy(model)
     probe.zero_grad(set_to_none=True)
     opt = optimizer([p for p in probe.parameters() if p.requires_grad], lr)
@@ -86,5 +85,12 @@ def probe_displacement(model: nn.Module, params: dict[str, nn.Parameter], batche
         loss(probe, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    probed = dict(probe.named_parameters())
+    return probe
+
+
+def probe_displacement(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterator[Batch],
+                       loss: Callable[[nn.Module, Batch], torch.Tensor], lr: float,
+                       optimizer: Callable[[list[nn.Parameter], float], Any]) -> dict[str, torch.Tensor]:
+    """``|theta_probe - theta_0|`` per parameter of ``params`` after ``fine_tuned_copy``."""
+    probed = dict(fine_tuned_copy(model, batches, loss, lr, optimizer).named_parameters())
     return {n: (probed[n].detach() - p.detach()).abs().float() for n, p in params.items()}

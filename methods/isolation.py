@@ -24,15 +24,8 @@ import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
-from methods.masks import IsolatedSet, clear_moments, eligible_parameters, jaccard
-
-_LAYER = re.compile(r"\.(\d+)\.")
-
-
-def layer_of(name: str) -> str:
-    """``model.layers.3.mlp.up_proj.weight`` -> ``3``; non-layer tensors keep their last parts."""
-    m = _LAYER.search(name)
-    return m.group(1) if m else ".".join(name.split(".")[-2:])
+from methods.masks import IsolatedSet, clear_moments, eligible_parameters
+from methods.selection import jaccard, layer_of
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

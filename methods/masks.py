@@ -1,20 +1,15 @@
 """Mask machinery shared by every isolation method, written once.
 
 - ``eligible_parameters``: which tensors may be isolated (default: every 2-D weight matrix).
-- ``select_top_fraction``: one global top-rho selection over all eligible entries, optionally
-  after per-tensor min-max normalization ``(I - min_l) / (max_l - min_l + eps)``. It never sorts
-  every entry: a histogram search (``torch.histc``, ``bins`` per pass) narrows the range that
-  holds the k-th largest score, exact counts by comparison verify every narrowing, and only the
-  few candidates left in that range are sorted. The result is exact: exactly
-  ``round(rho * N)`` entries, ties at the threshold broken by tensor order then flat index.
-  Normalization is never materialized: per-tensor thresholds are mapped into raw units.
+- ``select_top_fraction`` and ``jaccard`` (from ``methods.selection``, shared with the analyses):
+  the global top-rho of importance scores and the overlap of two selections.
 - ``IsolatedSet``: isolated entries as sorted flat int32 indices (every tensor of a 70B model has
   fewer than 2^31 entries) plus their frozen values: at rho = 1% that is 0.04 + 0.02-0.04 bytes
   per parameter, far below a 1-bit-per-entry bitmap with a full copy. Grads of
   isolated entries are zeroed before clipping, and after ``optimizer.step()`` the values are
   copied back, so an isolated entry is bit-identical even under AdamW's decoupled weight decay
   and with momentum left over from before it was isolated.
-- ``clear_moments`` and ``jaccard``.
+- ``clear_moments``.
 """
 
 from __future__ import annotations
@@ -25,7 +20,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-EPS = 1e-12
+from methods.selection import hits, jaccard, select_top_fraction
+
+__all__ = ["IsolatedSet", "clear_moments", "eligible_parameters", "hits", "indices_to_mask", "jaccard",
+           "select_top_fraction"]
 
 
 def eligible_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[str, nn.Parameter]:
@@ -43,92 +41,11 @@ def eligible_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[
     return chosen
 
 
-def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normalize: bool = True,
-                        bins: int = 4096, exact_below: int | None = None) -> dict[str, torch.Tensor]:
-    """Sorted flat indices of the global top ``rho`` fraction of entries, per tensor name.
-
-    ``exact_below``: the histogram search stops once at most this many candidates remain and
-    sorts them (default 2^24 on GPU, where sorting is cheap and each extra pass is not, 2^20 on CPU)."""
-    names = list(scores)
-    raws = [scores[n].detach().reshape(-1) for n in names]
-    if exact_below is None:
-        exact_below = 1 << 24 if raws[0].is_cuda else 1 << 20
-    total = sum(r.numel() for r in raws)
-    k = int(round(rho * total))
-    empty = {n: torch.empty(0, dtype=torch.long, device=r.device) for n, r in zip(names, raws)}
-    if k <= 0:
-        return empty
-    if k >= total:
-        return {n: torch.arange(r.numel(), device=r.device) for n, r in zip(names, raws)}
-    extremes = torch.stack([torch.stack(torch.aminmax(r)).double() for r in raws]).cpu().tolist()
-    maps = [(lo, hi - lo + EPS) if normalize else (0.0, 1.0) for lo, hi in extremes]  # normalized = (raw - shift) / scale
-
-    def raw(x: float, i: int) -> float:  # normalized threshold -> raw units of tensor i
-        return x if x in (-float("inf"), float("inf")) else x * maps[i][1] + maps[i][0]
-
-    def count(pred) -> int:  # noqa: ANN001 - pred(raw_tensor, i) -> BoolTensor; one sync per call
-        return int(torch.stack([pred(r, i).sum() for i, r in enumerate(raws)]).sum())
-
-    normed = [((mn - s) / c, (mx - s) / c) for (mn, mx), (s, c) in zip(extremes, maps)]
-    lo, hi = min(a for a, _ in normed), max(b for _, b in normed)  # finite, for histc
-    lo_b, hi_b = -float("inf"), float("inf")  # exact bounds: the k-th largest lies in [lo_b, hi_b]
-    n_gt, n_ge = 0, total  # exact counts above hi_b and at or above lo_b
-    while n_ge - n_gt > exact_below and hi > lo:
-        hist = torch.stack([torch.histc(r.float(), bins, raw(lo, i), raw(hi, i))
-                            for i, r in enumerate(raws)]).double().sum(0).cpu()
-        from_top = hist.flip(0).cumsum(0)
-        j = bins - 1 - int(torch.searchsorted(from_top, torch.tensor([k - n_gt], dtype=torch.double)))
-        width = (hi - lo) / bins
-        # One bin of slack each way absorbs histc's edge rounding; exact counts then verify.
-        new_lo, new_hi = max(lo, lo + (j - 1) * width), min(hi, lo + (j + 2) * width)
-        gt = count(lambda r, i: r > raw(new_hi, i))
-        ge = count(lambda r, i: r >= raw(new_lo, i))
-        if not (gt < k <= ge) or (new_lo, new_hi) == (lo, hi):
-            break
-        lo, hi, lo_b, hi_b, n_gt, n_ge = new_lo, new_hi, new_lo, new_hi, gt, ge
-
-    above = [torch.nonzero(r > raw(hi_b, i)).squeeze(1) for i, r in enumerate(raws)]
-    band = [torch.nonzero((r >= raw(lo_b, i)) & (r <= raw(hi_b, i))).squeeze(1)
-            for i, r in enumerate(raws)]
-    need = k - sum(a.numel() for a in above)
-    values = torch.cat([(r[b].double() - s) / c for r, b, (s, c) in zip(raws, band, maps)])
-    order = torch.sort(values, descending=True, stable=True).indices[:need]
-    owner = torch.cat([torch.full((b.numel(),), i, device=b.device) for i, b in enumerate(band)])
-    flat = torch.cat(band)
-    picked_owner, picked = owner[order], flat[order]
-    return {n: torch.sort(torch.cat([above[i], picked[picked_owner == i]])).values
-            for i, n in enumerate(names)}
-
-
 def indices_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bool tensor shaped like ``like``, True at the flat ``index``."""
     mask = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
     mask[index.long()] = True
     return mask.view_as(like)
-
-
-def hits(index: torch.Tensor, members: torch.Tensor, numel: int) -> torch.Tensor:
-    """Bool per entry of ``index``: is it in ``members``? A byte map of the tensor plus a gather:
-    linear time, much faster than the sorting ``torch.isin`` on millions of indices."""
-    present = torch.zeros(numel, dtype=torch.bool, device=index.device)
-    present[members.long()] = True
-    return present[index.long()]
-
-
-def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], sizes: dict[str, int] | None = None) -> float:
-    """|A & B| / |A | B| of two index sets per tensor (1.0 when both are empty); ``sizes`` gives
-    each tensor's number of entries (default: just enough to hold the largest index)."""
-    inter = torch.zeros(())
-    total = 0
-    for name in set(a) | set(b):
-        x = a.get(name, torch.empty(0, dtype=torch.long))
-        y = b.get(name, torch.empty(0, dtype=torch.long, device=x.device)).to(x.device)
-        total += x.numel() + y.numel()
-        if x.numel() and y.numel():
-            numel = sizes[name] if sizes else int(max(x.max(), y.max())) + 1
-            inter = inter.to(x.device) + hits(x, y, numel).sum()
-    both = int(inter)
-    return 1.0 if total == 0 else both / (total - both)
 
 
 def clear_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor,

@@ -14,7 +14,7 @@ from torch import nn
 
 from methods.base import StageContext
 from methods.isolation import IsolationConfig, IsolationMethod
-from methods.masks import select_top_fraction
+from methods.selection import select_top_fraction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,8 +22,8 @@ from torch import nn
 from methods.base import StageContext, StageData
 from methods.importance import mean_grad_squared, probe_displacement
 from methods.isolation import IsolationConfig, IsolationMethod
-from methods.masks import select_top_fraction
 from methods.registry import register
+from methods.selection import select_top_fraction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ class Run:
     problem: str | None = None  # why a result file could not be read or used
     config: dict[str, Any] | None = None  # the resolved config (from the result, else the manifest)
     variant: str = ""  # what sets this run's config apart from others of its method (set by load_study)
+    variant_values: dict[str, Any] = dataclasses.field(default_factory=dict)  # the differing keys and their values
 
     @property
     def data(self) -> Result:
@@ -72,9 +73,13 @@ def inconsistency(result: Result) -> str | None:
     tasks, stages = result.run.tasks, result.evaluation.stages
     if len(set(tasks)) != len(tasks):
         return f"its task list {tasks} names a task twice"
-    expected = {"multitask": 1, "sequential": len(tasks)}.get(result.run.regime)
+    planned = result.evaluation.plan.get("groups")
+    expected = len(planned) if planned else {"multitask": 1, "sequential": len(tasks)}.get(result.run.regime)
     if expected is not None and len(stages) != expected:
         return f"{len(stages)} stages for regime {result.run.regime!r} over {len(tasks)} tasks (expected {expected})"
+    trained = [t for s in stages for t in s.trained_on]
+    if result.run.regime in ("sequential", "multistage") and sorted(trained) != sorted(tasks):
+        return f"its stages train {trained}, not each of the run's tasks {sorted(tasks)} exactly once"
     for stage in stages:
         if set(stage.scores) != set(tasks) or set(stage.nll) != set(tasks):
             return f"stage {stage.stage} scores {sorted(stage.scores)}, not the run's tasks {sorted(tasks)}"
@@ -95,7 +100,8 @@ def label_variants(runs: list[Run]) -> list[Run]:
         for r in group:
             label = ", ".join(f"{k}={json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else '-'}"
                               for k in differing) if flat[r.run_id] else ("config unknown" if differing else "")
-            out.append(dataclasses.replace(r, variant=label))
+            values = {k: json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else None for k in differing}
+            out.append(dataclasses.replace(r, variant=label, variant_values=values if flat[r.run_id] else {}))
     return out
 
 

@@ -1,7 +1,8 @@
 """Metric definitions, once, as pure functions (none mutates its input).
 
 Scores are 0-100 (accuracy or exact match). ``A[k][j]`` is the score of task ``j`` after
-stage ``k`` of the sequential regime (stage ``j`` trains task ``j``; ``T`` stages).
+stage ``k`` (``K`` stages). A task's own stage is the one that trained it: stage ``j`` in the
+sequential regime, its group's stage in the multistage regime (``own_stages``).
 """
 
 from __future__ import annotations
@@ -34,28 +35,51 @@ def average_normalized(scores: dict[str, float], chance: dict[str, float], best:
     return sum(defined) / len(defined) if defined else None
 
 
-def forgetting(A: Matrix) -> list[float]:
-    """Per-task forgetting ``F_j = max_{k<T-1} A[k][j] - A[T-1][j]`` for tasks ``j < T-1``
-    (the last task cannot have been forgotten yet). Positive = the final model is worse than the
-    best earlier one; negative = the task kept improving after its stage (positive transfer
-    that even beats every earlier checkpoint)."""
-    T = len(A)
-    return [max(A[k][j] for k in range(T - 1)) - A[T - 1][j] for j in range(T - 1)]
+def own_stages(trained_on: Sequence[Sequence[str]], tasks: Sequence[str]) -> list[int]:
+    """Per task, the stage that trained it (its "own stage"): ``j`` in the sequential regime, its
+    group's stage in the multistage regime. Raises ``ValueError`` if a task is trained in no
+    stage or in several."""
+    own = []
+    for t in tasks:
+        where = [k for k, group in enumerate(trained_on) if t in group]
+        if len(where) != 1:
+            raise ValueError(f"task {t!r} is trained in {len(where)} stages; forgetting needs exactly one")
+        own.append(where[0])
+    return own
 
 
-def average_forgetting(A: Matrix) -> float | None:
-    """Mean of ``forgetting(A)``; None with fewer than 2 stages."""
-    f = forgetting(A)
+def forgetting(A: Matrix, own: Sequence[int] | None = None) -> list[float]:
+    """Per-task forgetting ``F_j = max_{k<K-1} A[k][j] - A[K-1][j]`` (``K`` stages) for the tasks
+    whose own stage is not the last (``own``: default ``j``, the sequential regime), in task
+    order. Positive = the final model is worse than the best earlier one; negative = the task
+    kept improving after its stage."""
+    K = len(A)
+    own = list(range(len(A[0]))) if own is None else own
+    return [max(A[k][j] for k in range(K - 1)) - A[K - 1][j] for j in range(len(own)) if own[j] < K - 1]
+
+
+def average_forgetting(A: Matrix, own: Sequence[int] | None = None) -> float | None:
+    """Mean of ``forgetting(A, own)``; None when no task was trained before the last stage."""
+    f = forgetting(A, own)
     return sum(f) / len(f) if f else None
 
 
-def backward_transfer(A: Matrix) -> float | None:
-    """``BWT = mean_{j<T-1} (A[T-1][j] - A[j][j])``: negative = forgetting, positive = later
-    stages helped earlier tasks. None with fewer than 2 stages."""
-    T = len(A)
-    if T < 2:
-        return None
-    return sum(A[T - 1][j] - A[j][j] for j in range(T - 1)) / (T - 1)
+def backward_transfer(A: Matrix, own: Sequence[int] | None = None) -> float | None:
+    """``BWT = mean_j (A[K-1][j] - A[own_j][j])`` over tasks whose own stage is not the last:
+    negative = forgetting, positive = later stages helped earlier tasks. None if there are none."""
+    K = len(A)
+    own = list(range(len(A[0]))) if own is None else own
+    diffs = [A[K - 1][j] - A[own[j]][j] for j in range(len(own)) if own[j] < K - 1]
+    return sum(diffs) / len(diffs) if diffs else None
+
+
+def learning(A: Matrix, base: Sequence[float | None], own: Sequence[int] | None = None) -> list[float | None]:
+    """Per task, the score gained in its own stage (plasticity; the papers' learning next to
+    forgetting): ``A[own_j][j] - A[own_j - 1][j]``, or ``- base_j`` when it is the first stage
+    (None when that base score is unknown)."""
+    own = list(range(len(A[0]))) if own is None else own
+    before = [A[k - 1][j] if k > 0 else base[j] for j, k in enumerate(own)]
+    return [None if b is None else A[k][j] - b for (j, k), b in zip(enumerate(own), before)]
 
 
 def change_vs_base(final: dict[str, float], base: dict[str, float]) -> dict[str, float]:

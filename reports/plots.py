@@ -30,27 +30,47 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def stage_ends(run: Run) -> list[int]:
+    """Optimizer steps at which a stage ended and the next began (task switches)."""
+    if run.result is None:
+        return []
+    done = [s.steps_done for s in run.result.evaluation.stages[:-1] if s.steps_done is not None]
+    return sorted(set(done))
+
+
 def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
-    """One figure per (regime, backbone, method) with ``set_drift`` events: Jaccard of each set
-    with the previous one (solid) and with the first one (dashed), one colour per seed."""
+    """One figure per (regime, backbone, method, variant, event source) with ``set_drift`` events
+    (a method's re-selected set, or the importance-drift analysis of any method): Jaccard of each
+    set with the previous one (solid) and with the first one (dashed), one colour per seed;
+    dotted vertical lines where a stage ended (task switches)."""
     paths = []
-    keys = sorted({(r.regime, r.backbone, r.method) for r in runs if r.events_of(DRIFT)})
-    for regime, backbone, method in keys:
+
+    def key(r: Run, source: str) -> tuple[str, str, str, str, str]:
+        return (r.regime, r.backbone, r.method, r.variant, source)
+
+    keys = sorted({key(r, e["source"]) for r in runs for e in r.events_of(DRIFT)})
+    for regime, backbone, method, variant, source in keys:
+        chosen = sorted((r for r in runs if any(key(r, e["source"]) == (regime, backbone, method, variant, source)
+                                                for e in r.events_of(DRIFT))), key=lambda r: r.seed)
+        events = {r.run_id: [e for e in r.events_of(DRIFT) if e["source"] == source] for r in chosen}
+        what = events[chosen[0].run_id][0].get("set", "set")
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        what = next(r.events_of(DRIFT)[0].get("set", "set") for r in runs
-                    if (r.regime, r.backbone, r.method) == (regime, backbone, method) and r.events_of(DRIFT))
-        for i, r in enumerate(sorted((r for r in runs if (r.regime, r.backbone, r.method) == (regime, backbone, method)
-                                      and r.events_of(DRIFT)), key=lambda r: r.seed)):
-            d = drift_series(r.events_of(DRIFT))
+        for i, r in enumerate(chosen):
+            d = drift_series(events[r.run_id])
             color = f"C{i}"
             prev = [(s, j) for s, j in zip(d["step"], d["jaccard_prev"]) if j is not None]
             if prev:
                 ax.plot(*zip(*prev), "-o", ms=3, color=color, label=f"seed {r.seed}: vs previous")
             ax.plot(d["step"], d["jaccard_first"], "--", color=color, label=f"seed {r.seed}: vs first")
-        ax.set(xlabel="optimizer step", ylabel="Jaccard", ylim=(0, 1.05),
-               title=f"{what} drift: {method} ({backbone}, {regime})")
+        for step in sorted({s for r in chosen for s in stage_ends(r)}):
+            ax.axvline(step, color="0.6", linestyle=":", linewidth=1)
+        label = f"{method}" + (f" ({variant})" if variant else "")
+        ax.set(xlabel="optimizer step (dotted: stage ends)", ylabel="Jaccard", ylim=(0, 1.05),
+               title=f"{what} drift: {label}\n({backbone}, {regime}, {source})")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"drift_{slug(regime)}_{slug(backbone)}_{slug(method)}.png"))
+        name = "_".join(slug(x) for x in (regime, backbone, method) + ((variant,) if variant else ())
+                        + ((source,) if source != "method" else ()))
+        paths.append(_save(fig, out / f"drift_{name}.png"))
     return paths
 
 

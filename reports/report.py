@@ -12,10 +12,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from reports.analysis_tables import conflict_table, drift_table
 from reports.html import page
 from reports.load import Run, load_study, method_order
 from reports.metrics import LOST_UPDATE_THRESHOLD
 from reports.plots import drift_plots, heatmaps, score_bars
+from reports.sensitivity import sensitivity_plots, sensitivity_table
 from reports.tables import forgetting_table, main_table, ordered_methods, ordered_tasks, significance_table
 
 
@@ -75,8 +77,11 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     shown = []
     regimes = sorted({r.regime for r in runs if r.status != "stale" and r.regime != "?"})
     tables = [main_table(runs, regime, row_methods, task_order) for regime in regimes]
-    if "sequential" in regimes:
-        tables.append(forgetting_table(runs, row_methods, task_order))
+    tables += [forgetting_table(runs, row_methods, task_order, regime) for regime in regimes
+               if regime in ("sequential", "multistage")]
+    extra = [make(runs, regime, row_methods) for regime in regimes for make in (drift_table, conflict_table)]
+    extra += [sensitivity_table(runs, regime, row_methods, task_order) for regime in regimes]
+    tables += [t for t in extra if t is not None]
     for table in tables:
         write(out / f"{table.name}.md", table.markdown())
         write(out / f"{table.name}.tex", table.latex())
@@ -86,7 +91,8 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     for ext, text in significance.items():
         write(out / f"significance.{ext}", text)
     plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
-        heatmaps(runs, row_methods, task_order, out)
+        heatmaps(runs, row_methods, task_order, out) + \
+        [p for regime in regimes for p in sensitivity_plots(runs, regime, row_methods, task_order, out)]
     counted = [r for r in runs if r.status != "stale"]
     failed = [r for r in counted if r.status == "failed"]
     other = [r for r in counted if r.status not in ("success", "failed")]

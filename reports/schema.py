@@ -76,6 +76,7 @@ class Evaluation:
     metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     scorers: dict[str, str] = dataclasses.field(default_factory=dict)
     data_rows: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plan: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage groups and how they were made
 
 
 @dataclasses.dataclass

@@ -15,7 +15,16 @@ from typing import Any
 from tabulate import _table_formats, tabulate
 
 from reports.load import Run
-from reports.metrics import average_forgetting, average_normalized, backward_transfer, forgetting, mean_std, paired_test
+from reports.metrics import (
+    average_forgetting,
+    average_normalized,
+    backward_transfer,
+    forgetting,
+    learning,
+    mean_std,
+    own_stages,
+    paired_test,
+)
 
 # tabulate's latex_booktabs, minus its escaping of cells (ours hold \\textbf and $\\pm$ on purpose;
 # labels are escaped by ``latex_escape``).
@@ -137,16 +146,21 @@ def final_scores(run: Run) -> dict[str, float]:
 
 
 def complete_matrix(run: Run, tasks: Sequence[str]) -> bool:
-    """A successful sequential run with a score for every task after every stage."""
-    return run.ok and len(run.data.evaluation.stages) == len(tasks) and all(
-        s.scores.get(t) is not None for s in run.data.evaluation.stages for t in tasks)
+    """A successful run with a score for every task after every stage, each task trained in
+    exactly one stage (sequential: one stage per task)."""
+    if not run.ok or not run.data.evaluation.stages:
+        return False
+    stages = run.data.evaluation.stages
+    trained = [t for s in stages for t in s.trained_on]
+    return (sorted(trained) == sorted(tasks) and (run.regime != "sequential" or len(stages) == len(tasks))
+            and all(s.scores.get(t) is not None for s in stages for t in tasks))
 
 
 def score_matrix(run: Run, tasks: Sequence[str], key: str = "scores") -> list[list[float]]:
     return [[getattr(s, key)[t] for t in tasks] for s in run.data.evaluation.stages]
 
 
-def _groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
+def row_groups(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
     """(backbone, row label, runs) per row: one row per method and config variant (runs pool as
     seeds only when their configs differ in the seed alone); cells of old grid configs are left out."""
     out = []
@@ -194,7 +208,7 @@ def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str,
 
 
 def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table:
-    groups = _groups(runs, regime, methods)
+    groups = row_groups(runs, regime, methods)
     best = best_per_task(groups, tasks)
     rows = []
     for backbone, method, group in groups:
@@ -214,28 +228,60 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
                  [True] * (len(tasks) + 1), note)
 
 
-def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> Table:
+def base_scores(run: Run, tasks: Sequence[str]) -> list[float | None]:
+    """The untrained backbone's score per task (None where unknown)."""
+    values: list[float | None] = []
+    for t in tasks:
+        entry = run.data.evaluation.base.get(t)
+        score = entry.get("score") if isinstance(entry, dict) else entry
+        values.append(None if score is None else float(score))
+    return values
+
+
+def per_task_forgetting(A: list[list[float]], own: list[int]) -> dict[int, float]:
+    """``forgetting(A, own)`` keyed by task index (tasks trained in the last stage have none)."""
+    return dict(zip([j for j, k in enumerate(own) if k < len(A) - 1], forgetting(A, own)))
+
+
+def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str],
+                     regime: str = "sequential") -> Table:
+    """Forgetting and learning over the stages of ``regime`` (sequential or multistage): a task's
+    own stage is the one that trained it, read from each run's stages."""
+    groups = row_groups(runs, regime, methods)
+    owns = {r.run_id: own_stages([s.trained_on for s in r.data.evaluation.stages], tasks)
+            for _, _, g in groups for r in g if complete_matrix(r, tasks)}
+    forgettable = [j for j in range(len(tasks)) if any(own[j] < max(own) for own in owns.values())] \
+        if regime != "sequential" else list(range(len(tasks) - 1))
     rows = []
-    for backbone, method, group in _groups(runs, "sequential", methods):
-        ok = [r for r in group if complete_matrix(r, tasks)]
-        per_task = [forgetting(score_matrix(r, tasks)) for r in ok]
-        values: list[list[float] | None] = [[f[j] for f in per_task] or None for j in range(len(tasks) - 1)]
-        values.append(defined(average_forgetting(score_matrix(r, tasks)) for r in ok))
-        values.append(defined(backward_transfer(score_matrix(r, tasks)) for r in ok))
+    for backbone, method, group in groups:
+        ok = [r for r in group if r.run_id in owns]
+        mats = {r.run_id: score_matrix(r, tasks) for r in ok}
+        per_task = [per_task_forgetting(mats[r.run_id], owns[r.run_id]) for r in ok]
+        values: list[list[float] | None] = [[f[j] for f in per_task if j in f] or None for j in forgettable]
+        values.append(defined(average_forgetting(mats[r.run_id], owns[r.run_id]) for r in ok))
+        values.append(defined(backward_transfer(mats[r.run_id], owns[r.run_id]) for r in ok))
         # NLL rises when a task is forgotten: forgetting of -NLL is the NLL rise over its best.
-        values.append(defined(average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")])
+        values.append(defined(average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")],
+                                                 owns[r.run_id])
                               for r in ok if all(x is not None for row in score_matrix(r, tasks, "nll") for x in row)))
+        gains = [learning(mats[r.run_id], base_scores(r, tasks), owns[r.run_id]) for r in ok]
+        values += [defined(g[j] for g in gains) for j in range(len(tasks))]
+        values.append(defined(None if None in g else sum(x or 0.0 for x in g) / len(g) for g in gains))
         rows.append(([backbone, method, runs_label(group)], values))
-    note = ("Sequential regime. F_task = max over earlier stages of the task's score − its final score "
-            "(> 0 = forgotten); Avg. F over all but the last task; BWT = mean(final − right after its stage) "
-            "(< 0 = forgetting); Avg. F (NLL) = same on gold-answer NLL in nats (> 0 = NLL rose).")
-    return Table("forgetting", ["backbone", "method", "runs"],
-                 [f"F {t}" for t in tasks[:-1]] + ["Avg. F", "BWT", "Avg. F (NLL)"], rows,
-                 [False] * (len(tasks) - 1) + [False, True, False], note)
+    note = (f"{regime.capitalize()} regime; a task's own stage is the stage that trained it. F_task = max over "
+            "stages before the last of the task's score − its final score (> 0 = forgotten), for tasks whose own "
+            "stage is not the last; Avg. F = their mean; BWT = mean(final − right after its own stage) "
+            "(< 0 = forgetting); Avg. F (NLL) = same on gold-answer NLL in nats (> 0 = NLL rose). "
+            "L_task = score gained in its own stage (vs the stage before, or the base model for the first "
+            "stage): the plasticity that isolation may cost; Avg. L = their mean.")
+    return Table("forgetting" if regime == "sequential" else f"forgetting_{regime}", ["backbone", "method", "runs"],
+                 [f"F {tasks[j]}" for j in forgettable] + ["Avg. F", "BWT", "Avg. F (NLL)"]
+                 + [f"L {t}" for t in tasks] + ["Avg. L"], rows,
+                 [False] * len(forgettable) + [False, True, False] + [True] * (len(tasks) + 1), note)
 
 
 def significance_rows(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> list[list[Any]]:
-    groups = _groups(runs, regime, methods)
+    groups = row_groups(runs, regime, methods)
     best = best_per_task(groups, tasks)
     by_key = {(b, m): avg_norm_by_seed(g, tasks, best.get(b, {})) for b, m, g in groups}
     rows = []

@@ -70,7 +70,8 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
                "nll": {t: 1.0 + k * 0.1 for t in TASKS}} for k, row in enumerate(matrix)]
     result = {"run_id": run_id, "method": method, "backbone": "tiny", "regime": "sequential", "seed": seed,
               "status": status, "tasks": TASKS, "stages": stages if status == "success" else [],
-              "chance": {"a": 0.0, "b": 25.0, "c": 0.0}, "base": {},
+              "chance": {"a": 0.0, "b": 25.0, "c": 0.0},
+              "base": {t: {"score": 10.0, "nll": 2.0} for t in TASKS} if seed == 0 else {},
               "error": None if status == "success" else {"type": "NonFiniteLoss", "message": "nan", "step": 3}}
     (study / run_id).mkdir(parents=True)
     (study / run_id / "result.json").write_text(json.dumps(result))

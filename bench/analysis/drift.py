@@ -1,0 +1,134 @@
+"""Importance drift for any method: does the set of important parameters move during training?
+
+An fp32 EMA of g^2 over every trainable parameter (``methods.importance.GradSquaredEMA``), fed
+with the step's gradients as the loss gave them (``on_gradients``: before a method zeroes any).
+Every ``every`` steps it takes a snapshot: the global top-``rho`` set (``methods.selection``,
+per-tensor min-max normalized like EPI's mask by default) and the mean importance of each
+tensor. Each snapshot records the set's Jaccard with the previous and with the first snapshot,
+and the Spearman rank correlation of the per-tensor means with the previous snapshot. Events
+have kind ``set_drift`` (like a method's re-selected sets), so the same plots read them.
+
+Cost: one fused EMA update per step (4 bytes per trainable parameter of state), and a top-rho
+selection per snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.analysis.options import Options
+from bench.data import StageData
+from bench.observers import Observer
+from methods.base import StageContext
+from methods.importance import GradSquaredEMA
+from methods.selection import jaccard, layer_of, select_top_fraction
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DriftOptions(Options):
+    every: int = 10
+    rho: float = 0.01
+    beta: float = 0.99
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        self.check(self.every > 0, "every", "an integer > 0 (optimizer steps between snapshots)")
+        self.check(0.0 < self.rho < 1.0, "rho", "a fraction in (0, 1)")
+        self.check(0.0 <= self.beta < 1.0, "beta", "0 <= beta < 1")
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None with fewer than 2 values."""
+    if len(a) < 2:
+        return None
+
+    def ranks(x: list[float]) -> torch.Tensor:
+        t = torch.tensor(x, dtype=torch.float64)
+        return (torch.searchsorted(t.sort().values, t, right=False)
+                + torch.searchsorted(t.sort().values, t, right=True) - 1).double() / 2
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = float(ra.norm() * rb.norm())
+    return float(ra @ rb) / denominator if denominator else None
+
+
+class ImportanceDrift(Observer):
+    name = "importance_drift"
+    Options = DriftOptions
+
+    def __init__(self, options: DriftOptions, data: StageData | None = None) -> None:
+        self.options = options  # ``data`` is not needed: importance comes from the training steps
+        self.ema: GradSquaredEMA | None = None
+        self.stage = 0
+        self.first: dict[str, torch.Tensor] | None = None
+        self.previous: dict[str, torch.Tensor] | None = None
+        self.previous_means: list[float] | None = None
+        self.records: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+
+    def attach(self, model: nn.Module) -> None:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.ema = GradSquaredEMA(params, self.options.beta)
+        self.sizes = {n: p.numel() for n, p in params.items()}
+
+    def on_stage_start(self, ctx: StageContext) -> None:
+        self.stage = ctx.stage
+
+    def on_gradients(self, step: int, model: nn.Module) -> None:
+        assert self.ema is not None
+        self.ema.update()
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if (step + 1) % self.options.every == 0:
+            self.snapshot(step + 1)
+
+    @torch.no_grad()
+    def snapshot(self, step: int) -> None:
+        assert self.ema is not None
+        scores = self.ema.values
+        top = {n: i.to(torch.int32) for n, i in
+               select_top_fraction(scores, self.options.rho, normalize=self.options.normalize).items()}
+        means = [float(v.mean()) for v in scores.values()]
+        per_layer: Counter[str] = Counter()
+        for name, idx in top.items():
+            per_layer[layer_of(name)] += idx.numel()
+        size = sum(i.numel() for i in top.values())
+        self.first = self.first if self.first is not None else top
+        record = {"kind": "set_drift", "set": f"importance top-{self.options.rho:g}", "index": len(self.records) + 1,
+                  "step": step, "stage": self.stage, "size": size, "fraction": size / max(sum(self.sizes.values()), 1),
+                  "jaccard_prev": jaccard(self.previous, top, self.sizes) if self.previous is not None else None,
+                  "jaccard_first": jaccard(self.first, top, self.sizes),
+                  "spearman_prev": spearman(self.previous_means, means) if self.previous_means else None,
+                  "per_group": dict(sorted(per_layer.items()))}
+        self.previous, self.previous_means = top, means
+        self.records.append({k: v for k, v in record.items() if k != "per_group"})
+        self.pending.append(record)
+
+    def drain_events(self) -> list[dict[str, Any]]:
+        out, self.pending = self.pending, []
+        return out
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.records:
+            return None
+        series = {k: [r[k] for r in self.records] for k in ("step", "stage", "jaccard_prev", "jaccard_first",
+                                                            "spearman_prev")}
+        return {"options": dataclasses.asdict(self.options), "snapshots": len(self.records), **series}
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.ema is not None, "attach first"
+        return {"ema": self.ema.state_dict(), "first": self.first,
+                "previous": self.previous, "previous_means": self.previous_means, "records": list(self.records),
+                "pending": list(self.pending), "stage": self.stage}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        assert self.ema is not None, "attach first"
+        self.ema.load_state_dict(state["ema"])
+        self.first, self.previous, self.previous_means = state["first"], state["previous"], state["previous_means"]
+        self.records, self.pending, self.stage = list(state["records"]), list(state["pending"]), state["stage"]

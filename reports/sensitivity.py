@@ -1,0 +1,110 @@
+"""Sensitivity of a method to its swept options (e.g. EPI's rho x refresh interval): every config
+variant of a method gets its own row, labelled with the swept values, and a plot per swept key
+draws Avg. Norm. and Avg. F against it, one line per value of the other swept keys; mean ± std
+over seeds. Runs of different variants are never pooled as if they were seeds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from reports.load import Run  # noqa: E402
+from reports.metrics import average_forgetting, mean_std, own_stages  # noqa: E402
+from reports.tables import (  # noqa: E402
+    Table,
+    avg_norm_by_seed,
+    best_per_task,
+    complete_matrix,
+    row_groups,
+    runs_label,
+    score_matrix,
+)
+
+PNG_META = {"Software": None}
+
+
+def short(key: str) -> str:
+    return key.removeprefix("method.options.")
+
+
+def swept(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
+    """(backbone, method, runs of one variant) for the methods that have several variants."""
+    return [(b, g[0].method, g) for b, _, g in row_groups(runs, regime, methods) if g and g[0].variant_values]
+
+
+def forgetting_by_seed(group: Sequence[Run], tasks: Sequence[str]) -> list[float]:
+    out = []
+    for r in group:
+        if r.regime in ("sequential", "multistage") and complete_matrix(r, tasks):
+            own = own_stages([s.trained_on for s in r.data.evaluation.stages], tasks)
+            if (f := average_forgetting(score_matrix(r, tasks), own)) is not None:
+                out.append(f)
+    return out
+
+
+def sensitivity_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table | None:
+    rows_of = swept(runs, regime, methods)
+    if not rows_of:
+        return None
+    best = best_per_task(row_groups(runs, regime, methods), tasks)
+    keys = sorted({k for _, _, g in rows_of for k in g[0].variant_values})
+    rows = []
+    for backbone, method, group in rows_of:
+        labels = [backbone, method, *(json.dumps(group[0].variant_values.get(k)) for k in keys), runs_label(group)]
+        rows.append((labels, [list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None,
+                              forgetting_by_seed(group, tasks) or None]))
+    note = ("Sensitivity to the swept config keys: one row per variant (never pooled as seeds), mean ± std over "
+            "seeds. Avg. Norm. as in the main table; Avg. F as in the forgetting table (sequential and "
+            "multistage regimes).")
+    return Table(f"sensitivity_{regime}", ["backbone", "method", *map(short, keys), "runs"], ["Avg. Norm.", "Avg. F"],
+                 rows, [True, False], note)
+
+
+def sensitivity_plots(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str],
+                      out: Path) -> list[Path]:
+    """Per (backbone, method, swept numeric key): Avg. Norm. and Avg. F against the key's value."""
+    rows_of = swept(runs, regime, methods)
+    best = best_per_task(row_groups(runs, regime, methods), tasks)
+    paths = []
+    for backbone, method in sorted({(b, m) for b, m, _ in rows_of}):
+        variants = [g for b, m, g in rows_of if (b, m) == (backbone, method)]
+        keys = sorted({k for g in variants for k in g[0].variant_values})
+        for key in keys:
+            if not all(isinstance(g[0].variant_values.get(key), int | float) for g in variants):
+                continue
+            lines: dict[str, list[tuple[float, list[Any]]]] = {}
+            for g in variants:
+                rest = ", ".join(f"{short(k)}={g[0].variant_values[k]}" for k in keys if k != key) or method
+                lines.setdefault(rest, []).append((g[0].variant_values[key], g))
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+            for (label, points), color in zip(sorted(lines.items()), (f"C{i}" for i in range(99))):
+                points.sort(key=lambda p: p[0])
+                for ax, values in zip(axes, ([list(avg_norm_by_seed(g, tasks, best.get(backbone, {})).values())
+                                              for _, g in points], [forgetting_by_seed(g, tasks) for _, g in points])):
+                    stats = [mean_std(v) for v in values]
+                    xs = [x for (x, _), s in zip(points, stats) if s[0] is not None]
+                    ys = [s[0] for s in stats if s[0] is not None]
+                    errs = [s[1] or 0.0 for s in stats if s[0] is not None]
+                    if xs:
+                        ax.errorbar(xs, ys, yerr=errs, fmt="-o", ms=3, capsize=2, color=color, label=label)
+            for ax, ylabel in zip(axes, ("Avg. Norm.", "Avg. F")):
+                ax.set(xlabel=short(key), ylabel=ylabel)
+                if len({x for pts in lines.values() for x, _ in pts}) > 2 and min(
+                        x for pts in lines.values() for x, _ in pts) > 0:
+                    ax.set_xscale("log")
+            axes[0].legend(fontsize=7)
+            fig.suptitle(f"sensitivity: {method} ({backbone}, {regime})")
+            fig.tight_layout()
+            slug = "".join(c if c.isalnum() or c in "_.-" else "-" for c in f"{regime}_{backbone}_{method}_{short(key)}")
+            path = out / f"sensitivity_{slug}.png"
+            fig.savefig(path, dpi=110, metadata=PNG_META)
+            plt.close(fig)
+            paths.append(path)
+    return paths
