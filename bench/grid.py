@@ -1,7 +1,8 @@
 """Grid files: a run config (defaults + overrides) plus a ``[grid]`` table of sweep axes.
 
 Expansion is plain, deterministic Python: backbones x regimes x methods x (each method's own
-option lists, crossed only with that method) x seeds. The same cell always resolves to the same
+option lists, crossed only with that method) x seeds. A method that plans its own stages
+(``Method.plans_stages``, e.g. CPI-FT) is crossed with the ``multistage`` regime only. The same cell always resolves to the same
 config and therefore the same run id.
 
     [grid]
@@ -151,10 +152,17 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
                 raise ConfigError(f"{where}: key 'grid.{table}.{m}': {m!r} is not in grid.methods "
                                   f"({', '.join(spec.methods or [base.method.name])}); drop it, or replace the "
                                   f"table with --set 'grid.{table}={{}}'")
+    regimes, grid_methods = spec.regimes or [base.regime], spec.methods or [base.method.name]
+    for method in grid_methods:
+        if methods.get(method).plans_stages and "multistage" not in regimes:
+            raise ConfigError(f"{where}: method {method!r} plans its own stages and runs only in the 'multistage' "
+                              f"regime; allowed: add 'multistage' to grid.regimes (now {', '.join(regimes)})")
     cells = []
     for backbone, regime, method, axes, seed in itertools.product(
-            spec.backbones or [base.backbone.name], spec.regimes or [base.regime],
-            spec.methods or [base.method.name], _option_axes(spec.axes), spec.seeds or [base.seed]):
+            spec.backbones or [base.backbone.name], regimes, grid_methods, _option_axes(spec.axes),
+            spec.seeds or [base.seed]):
+        if methods.get(method).plans_stages and regime != "multistage":
+            continue  # such a method is crossed with the multistage regime only
         for options, own_axes in itertools.product(_option_axes(spec.method_options.get(method, {})),
                                                    _option_axes(spec.method_axes.get(method, {}))):
             cell: dict[str, Any] = {"backbone": {"name": backbone}, "regime": regime, "seed": seed,

@@ -9,6 +9,7 @@ Terms (bytes):
 - optimizer: trainable parameters x the precision's optimizer state bytes (AdamW: 2 moments;
   Kahan: + a compensation buffer);
 - method: ``Method.planned_state_bytes`` (e.g. an fp32 importance EMA, frozen entries and their values);
+- analysis: the ``[analysis]`` observers' state (``bench.analysis.planned_bytes``), when enabled;
 - activations, per micro-batch of T = micro-batch x max_length tokens, in the compute dtype:
   without checkpointing every layer keeps ~(10 h + 3 kv + 4 i) values per token (h hidden,
   i MLP width, kv = key/value heads x head dim: norms, q/k/v, attention output, MLP gate, up,
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 import methods
+from bench import analysis
 from bench.config import RunConfig
 from bench.models import resolve
 from bench.precision import Precision
@@ -50,10 +52,11 @@ class Plan:
     method: int
     activations: int
     device_bytes: int | None  # None: no accelerator to compare with
+    analysis: int = 0  # the [analysis] observers' state
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.method + self.activations
+        return self.parameters + self.gradients + self.optimizer + self.method + self.activations + self.analysis
 
     @property
     def fits(self) -> bool | None:
@@ -61,7 +64,8 @@ class Plan:
 
     def line(self) -> str:
         parts = " + ".join(f"{k} {getattr(self, k) / GiB:.1f}" for k in
-                           ("parameters", "gradients", "optimizer", "method", "activations"))
+                           ("parameters", "gradients", "optimizer", "method", "activations")
+                           + (("analysis",) if self.analysis else ()))
         device = "no device given (--device-memory)" if self.device_bytes is None else \
             f"{'fits' if self.fits else 'DOES NOT FIT'} {self.device_bytes / GiB:.0f} GiB"
         return f"plan GiB: {parts} = {self.total / GiB:.1f}; {device}"
@@ -137,7 +141,8 @@ def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
     return Plan(param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes(),
                 activation_bytes(shape, micro * config.train.max_length, precision.activation_bytes,
                                  config.train.activation_checkpointing),
-                device_bytes)
+                device_bytes, analysis.planned_bytes(dataclasses.asdict(config.analysis),
+                                                     sum(p.numel() for p in trainable), len(config.tasks.names)))
 
 
 def knobs(config: RunConfig) -> str:

@@ -95,7 +95,7 @@ class CPIFT(IsolationMethod):
     def plan_stages(self, ctx: PlanContext) -> StagePlan:
         tasks, c = list(ctx.data.tasks), self.config
         trainable = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
-        shift = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in trainable.items()}
+        shift = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in trainable.items()}  # host memory
         cores, transplants = [], []
         for task in tasks:
             probe = fine_tuned_copy(ctx.model, ctx.data.batches(c.probe_steps, task), ctx.data.loss, c.probe_lr,
@@ -106,7 +106,7 @@ class CPIFT(IsolationMethod):
             cores.append(core)
             transplants.append({n: (i, probed[n].reshape(-1)[i], moved[n].reshape(-1)[i]) for n, i in core.items()})
             for n, p in trainable.items():
-                shift[n] += slerp(p, probed[n], c.omega, c.epsilon) - p.detach().float()
+                shift[n] += (slerp(p, probed[n], c.omega, c.epsilon) - p.detach().float()).cpu()
             del probe, probed, moved
         if c.fuse:
             self.fuse(trainable, shift, transplants, len(tasks))
@@ -129,12 +129,22 @@ class CPIFT(IsolationMethod):
              transplants: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]], count: int) -> None:
         """Non-core entries: mean SLERP shift over tasks; core entries: the probe's own values."""
         for n, p in trainable.items():
-            p.copy_((p.float() + shift[n] / count).to(p.dtype))
+            p.copy_((p.float() + shift[n].to(p.device) / count).to(p.dtype))
         for n, p in self.params.items():
             parts = [t[n] for t in transplants if t[n][0].numel()]
             if parts:
                 index, value = strongest([i for i, _, _ in parts], [v for _, v, _ in parts], [s for _, _, s in parts])
                 p.view(-1).index_copy_(0, index, value.to(p.dtype))
+
+    def planned_state_bytes(self) -> int:
+        """The isolated set's bound, the cores of 5 tasks (the papers' count; the task count is
+        not known here) as int32 indices, and one copy of the trainable weights: while planning,
+        a probe's gradients and optimizer state take the place of the run's own (not allocated
+        yet), so the planning peak is the training peak plus the probe's weights. The fusion
+        buffer is kept in host memory."""
+        k = round(self.config.rho * self.eligible_count)
+        value_bytes = next(iter(self.params.values())).element_size()
+        return super().planned_state_bytes() + self.trainable_total * value_bytes + 5 * k * 4
 
     def on_stage_start(self, ctx: StageContext) -> None:
         super().on_stage_start(ctx)

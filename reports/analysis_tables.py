@@ -43,8 +43,9 @@ def drift_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> Tab
         ]))
     if not rows:
         return None
-    note = ("Importance drift (analysis.importance_drift): an fp32 EMA of g² over the trainable parameters, "
-            "snapshotted every N steps. J prev = Jaccard of the top-rho set with the previous snapshot's (mean, "
+    note = ("Importance drift (analysis.importance_drift): an fp32 EMA of g² over the trainable parameters (or "
+            "AdamW's second moment with source = adam_v), snapshotted every N steps. "
+            "J prev = Jaccard of the top-rho set with the previous snapshot's (mean, "
             "and min over snapshots); J first = the last snapshot's Jaccard with the first; ρ prev = Spearman "
             "correlation of per-tensor mean importance with the previous snapshot (mean). 1.0 = static.")
     return Table(f"drift_{regime}", ["backbone", "method", "runs"],

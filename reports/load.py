@@ -98,7 +98,8 @@ def label_variants(runs: list[Run]) -> list[Run]:
         keys = sorted({k for f in flat.values() for k in f})
         differing = [k for k in keys if len({f.get(k) for f in flat.values() if f}) > 1]
         for r in group:
-            label = ", ".join(f"{k}={json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else '-'}"
+            label = ", ".join(f"{k.removeprefix('method.options.')}="
+                              f"{json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else '-'}"
                               for k in differing) if flat[r.run_id] else ("config unknown" if differing else "")
             values = {k: json.loads(flat[r.run_id][k]) if k in flat[r.run_id] else None for k in differing}
             out.append(dataclasses.replace(r, variant=label, variant_values=values if flat[r.run_id] else {}))

@@ -97,24 +97,28 @@ def score_bars(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]
 
 
 def heatmaps(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str], out: Path) -> list[Path]:
-    """Sequential regime: mean over seeds of A[stage][task] per (backbone, method)."""
+    """Sequential regime: mean over seeds of A[stage][task] per (backbone, method, config variant)."""
     paths = []
     for backbone in sorted({r.backbone for r in runs if r.regime == "sequential"}):
         for m in methods:
-            ok = [r for r in runs if r.regime == "sequential" and r.backbone == backbone and r.method == m
-                  and complete_matrix(r, tasks)]
-            if not ok:
-                continue
-            mats = [score_matrix(r, tasks) for r in ok]
-            mean = [[sum(M[k][j] for M in mats) / len(mats) for j in range(len(tasks))] for k in range(len(tasks))]
-            fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(tasks), 1.2 + 0.8 * len(tasks)))
-            im = ax.imshow(mean, vmin=0, vmax=100, cmap="viridis")
-            for k, row in enumerate(mean):
-                for j, v in enumerate(row):
-                    ax.text(j, k, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
-            ax.set_xticks(range(len(tasks)), tasks, rotation=30)
-            ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
-            ax.set_title(f"{m} ({backbone}), n={len(ok)}")
-            fig.colorbar(im, ax=ax)
-            paths.append(_save(fig, out / f"heatmap_{slug(backbone)}_{slug(m)}.png"))
+            for variant in sorted({r.variant for r in runs if r.regime == "sequential" and r.method == m}):
+                ok = [r for r in runs if r.regime == "sequential" and r.backbone == backbone and r.method == m
+                      and r.variant == variant and complete_matrix(r, tasks)]
+                if ok:
+                    paths.append(heatmap(ok, tasks, f"{m} ({variant})" if variant else m, backbone, out))
     return paths
+
+
+def heatmap(ok: Sequence[Run], tasks: Sequence[str], label: str, backbone: str, out: Path) -> Path:
+    mats = [score_matrix(r, tasks) for r in ok]
+    mean = [[sum(M[k][j] for M in mats) / len(mats) for j in range(len(tasks))] for k in range(len(tasks))]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(tasks), 1.2 + 0.8 * len(tasks)))
+    im = ax.imshow(mean, vmin=0, vmax=100, cmap="viridis")
+    for k, row in enumerate(mean):
+        for j, v in enumerate(row):
+            ax.text(j, k, f"{v:.0f}", ha="center", va="center", color="w" if v < 60 else "k", fontsize=8)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30)
+    ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
+    ax.set_title(f"{label} ({backbone}), n={len(ok)}", fontsize=8 if len(label) > 20 else 10)
+    fig.colorbar(im, ax=ax)
+    return _save(fig, out / f"heatmap_{slug(backbone)}_{slug(label.replace(' (', '_').rstrip(')'))}.png")

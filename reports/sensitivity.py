@@ -35,8 +35,16 @@ def short(key: str) -> str:
 
 
 def swept(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> list[tuple[str, str, list[Run]]]:
-    """(backbone, method, runs of one variant) for the methods that have several variants."""
-    return [(b, g[0].method, g) for b, _, g in row_groups(runs, regime, methods) if g and g[0].variant_values]
+    """(backbone, method, runs of one variant) for the methods that have several variants, in the
+    order of the swept values (numbers numerically)."""
+    out = [(b, g[0].method, g) for b, _, g in row_groups(runs, regime, methods) if g and g[0].variant_values]
+
+    def order(row: tuple[str, str, list[Run]]) -> tuple[Any, ...]:
+        values = row[2][0].variant_values
+        return (row[0], methods.index(row[1]) if row[1] in methods else len(methods),
+                *((0, v, "") if isinstance(v, int | float) else (1, 0, json.dumps(v)) for _, v in sorted(values.items())))
+
+    return sorted(out, key=order)
 
 
 def forgetting_by_seed(group: Sequence[Run], tasks: Sequence[str]) -> list[float]:
@@ -80,11 +88,11 @@ def sensitivity_plots(runs: Sequence[Run], regime: str, methods: Sequence[str], 
             if not all(isinstance(g[0].variant_values.get(key), int | float) for g in variants):
                 continue
             lines: dict[str, list[tuple[float, list[Any]]]] = {}
-            for g in variants:
+            for g in variants:  # in the order of the swept values (``swept``)
                 rest = ", ".join(f"{short(k)}={g[0].variant_values[k]}" for k in keys if k != key) or method
                 lines.setdefault(rest, []).append((g[0].variant_values[key], g))
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-            for (label, points), color in zip(sorted(lines.items()), (f"C{i}" for i in range(99))):
+            for (label, points), color in zip(lines.items(), (f"C{i}" for i in range(99))):
                 points.sort(key=lambda p: p[0])
                 for ax, values in zip(axes, ([list(avg_norm_by_seed(g, tasks, best.get(backbone, {})).values())
                                               for _, g in points], [forgetting_by_seed(g, tasks) for _, g in points])):

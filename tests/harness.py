@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 import methods
+from bench import analysis, regimes
 from bench.config import TrainConfig
 from bench.data import StageData, Stream, encode
 from bench.models import tiny_llama
@@ -27,7 +28,8 @@ from bench.train import Trainer
 CPU = torch.device("cpu")
 # Options that make every isolation method isolate something within a few steps.
 FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "random_isolation": {"refresh_every": 2, "rho": 0.05},
-        "static_isolation": {"rho": 0.05, "calibration_batches": 2}}
+        "static_isolation": {"rho": 0.05, "calibration_batches": 2},
+        "cpi_ft": {"rho": 0.05, "probe_steps": 2, "tau": 1.0, "group_order": "tasks"}}
 
 
 def rows(task: str = "arithmetic", n: int = 64, seed: int = 0) -> list[Any]:
@@ -71,12 +73,13 @@ class Harness:
     """``Harness("epi", {"refresh_every": 2}).steps(5)`` -> losses of 5 optimizer steps.
 
     ``regime="multitask"``: one stage over all ``tasks``; ``"sequential"``: stage k trains on
-    ``tasks[k]`` (``next_stage`` moves on, through the real ``on_stage_end``/``on_stage_start``)."""
+    ``tasks[k]`` (``next_stage`` moves on, through the real ``on_stage_end``/``on_stage_start``).
+    A method that plans its own stages (``plan_stages``) replaces that plan first, as in a run."""
 
     def __init__(self, method: str, options: dict[str, Any] | None = None, seed: int = 0,
                  tasks: tuple[str, ...] = ("arithmetic", "format"), regime: str = "multitask",
                  check: bool = False, data_seed: int | None = None, precision: str = "fp32",
-                 **train: Any) -> None:
+                 analyses: dict[str, dict[str, Any]] | None = None, **train: Any) -> None:
         torch.manual_seed(seed)
         model, self.tokenizer = tiny_llama(seed)
         self.precision = Precision(precision, CPU)
@@ -87,9 +90,14 @@ class Harness:
         self.seed = seed if data_seed is None else data_seed  # seeds the stages' row order
         self.method = methods.build(method, options or {})
         self.check = ContractCheck(self.method) if check else None
-        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, self.precision,
-                               observers=[self.check] if self.check else [], progress=False)
         self.rows = {t: rows(t) for t in tasks}
+        everything = StageData(-1, self.rows, self.config.batch_size, self.tokenizer.pad_token_id, CPU, self.seed,
+                               False, self.precision)
+        observers = ([self.check] if self.check else []) + analysis.build(analyses or {}, everything)
+        self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, self.precision,
+                               observers=observers, progress=False)
+        default = regimes.plan("multitask" if regime == "multitask" else "sequential", tasks)
+        self.plan = self.trainer.plan_stages(default, everything, self.seed)
         self.start(0)
 
     @property
@@ -97,10 +105,8 @@ class Harness:
         return self.trainer.model
 
     def stage_rows(self, stage: int) -> dict[str, list[Any]]:
-        if self.regime == "multitask":
-            return self.rows
-        task = list(self.rows)[stage % len(self.rows)]
-        return {task: self.rows[task]}
+        group = self.plan.groups[stage % len(self.plan.groups)]
+        return {t: self.rows[t] for t in group}
 
     def start(self, stage: int) -> None:
         """Start (or, after ``load``, resume) ``stage``."""

@@ -18,7 +18,7 @@ from tests.harness import FAST
 ROOT = Path(__file__).parents[1]
 RUN = """
 study = "ckpt"
-regime = "sequential"
+regime = {regime!r}
 results_dir = {results!r}
 [tasks]
 names = ["arithmetic", "logic", "program"]
@@ -44,7 +44,8 @@ options = {options}
 def run_file(tmp_path: Path, name: str, method: str, **kw) -> Path:
     options = "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in FAST.get(method, {}).items()) + "}"
     path = tmp_path / f"{name}.toml"
-    path.write_text(RUN.format(results=str(tmp_path / name), method=method, options=options, **kw))
+    regime = "multistage" if methods.get(method).plans_stages else "sequential"  # such a method needs it
+    path.write_text(RUN.format(results=str(tmp_path / name), method=method, options=options, regime=regime, **kw))
     return path
 
 

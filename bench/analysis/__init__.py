@@ -25,6 +25,12 @@ def check(tables: dict[str, dict[str, Any]]) -> None:
                 raise ValueError(f"key 'analysis.{name}': {e}") from None
 
 
+def planned_bytes(tables: dict[str, dict[str, Any]], trainable: int, tasks: int) -> int:
+    """Memory the enabled analyses hold for ``trainable`` parameters and ``tasks`` tasks."""
+    return sum(ANALYSES[name].planned_bytes(ANALYSES[name].Options.build(table), trainable, tasks)
+               for name, table in tables.items() if table)
+
+
 def build(tables: dict[str, dict[str, Any]], data: StageData) -> list[Observer]:
     """The observers the tables ask for; ``data`` holds batches of every task of the run."""
     out: list[Observer] = []

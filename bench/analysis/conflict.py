@@ -11,7 +11,10 @@ trainable parameters and per layer group (attention, mlp, embedding, norm, other
 and the fraction of negative pairs.
 
 Cost: ``tasks x batches`` extra forward and backward passes per measurement, and one fp32 copy
-of the trainable gradients per task while measuring.
+of the trainable gradients per task while measuring. ``sample = S > 0`` keeps only a fixed
+random sample of S entries (shared out over the tensors by size, drawn once with seed 0, the same
+for every run), so the cosines are those of the sampled coordinates: an estimate of the full
+cosines at S x tasks x 4 bytes, the choice at 7-9B scale.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ def group_of(name: str) -> str:
 class ConflictOptions(Options):
     every: int = 25
     batches: int = 1
+    sample: int = 0
 
     def __post_init__(self) -> None:
+        self.check(self.sample >= 0, "sample", "0 (every entry) or a number of entries > 0")
         self.check(self.every > 0, "every", "an integer > 0 (optimizer steps between measurements)")
         self.check(self.batches > 0, "batches", "an integer > 0 (batches per task and measurement)")
 
@@ -69,8 +74,20 @@ class GradientConflict(Observer):
         self.records: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
 
+    @staticmethod
+    def planned_bytes(options: ConflictOptions, trainable: int, tasks: int) -> int:
+        """The task gradients held while measuring (for the memory plan)."""
+        return 4 * tasks * (min(options.sample, trainable) if options.sample else trainable)
+
     def attach(self, model: nn.Module) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.index: dict[str, torch.Tensor] | None = None
+        if self.options.sample:
+            total = sum(p.numel() for p in self.params.values())
+            generator = torch.Generator().manual_seed(0)
+            self.index = {n: torch.randint(p.numel(), (min(p.numel(), max(1, round(
+                self.options.sample * p.numel() / total))),), generator=generator).to(p.device)
+                for n, p in self.params.items()}
 
     def on_stage_start(self, ctx: StageContext) -> None:
         self.stage = ctx.stage
@@ -89,14 +106,18 @@ class GradientConflict(Observer):
                 model.zero_grad(set_to_none=True)
                 for batch in batches:
                     (self.data.loss(model, batch) / len(batches)).backward()
-                grads[task] = {n: p.grad.detach().float().clone() if p.grad is not None else torch.zeros_like(
-                    p, dtype=torch.float32) for n, p in self.params.items()}
+                grads[task] = {n: self.kept(n, p) for n, p in self.params.items()}
         finally:
             model.zero_grad(set_to_none=True)
             torch.set_rng_state(cpu)
             if cuda is not None:
                 torch.cuda.set_rng_state_all(cuda)
         return grads
+
+    def kept(self, name: str, p: nn.Parameter) -> torch.Tensor:
+        """The fp32 gradient of ``p`` (zeros if none), or its sampled entries."""
+        grad = p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+        return (grad[self.index[name]] if self.index is not None else grad).float().clone()
 
     def measure(self, step: int, model: nn.Module) -> None:
         grads = self.task_gradients(model)

@@ -2,14 +2,16 @@
 
 An fp32 EMA of g^2 over every trainable parameter (``methods.importance.GradSquaredEMA``), fed
 with the step's gradients as the loss gave them (``on_gradients``: before a method zeroes any).
+``source = "adam_v"`` reads the optimizer's second moment instead (an EMA of g^2 with beta2,
+after clipping and after the method's hooks), which costs no memory: the choice at 7-9B scale.
 Every ``every`` steps it takes a snapshot: the global top-``rho`` set (``methods.selection``,
 per-tensor min-max normalized like EPI's mask by default) and the mean importance of each
 tensor. Each snapshot records the set's Jaccard with the previous and with the first snapshot,
 and the Spearman rank correlation of the per-tensor means with the previous snapshot. Events
 have kind ``set_drift`` (like a method's re-selected sets), so the same plots read them.
 
-Cost: one fused EMA update per step (4 bytes per trainable parameter of state), and a top-rho
-selection per snapshot.
+Cost: one fused EMA update per step (4 bytes per trainable parameter of state; none with
+``adam_v``), and a top-rho selection per snapshot.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from bench.analysis.options import Options
 from bench.data import StageData
 from bench.observers import Observer
 from methods.base import StageContext
-from methods.importance import GradSquaredEMA
+from methods.importance import GradSquaredEMA, second_moment
 from methods.selection import jaccard, layer_of, select_top_fraction
 
 
@@ -35,8 +37,11 @@ class DriftOptions(Options):
     rho: float = 0.01
     beta: float = 0.99
     normalize: bool = True
+    source: str = "ema"
 
     def __post_init__(self) -> None:
+        self.check(self.source in ("ema", "adam_v"), "source", "'ema' (own fp32 EMA of g^2, 4 B/param) or 'adam_v' "
+                                                               "(the optimizer's second moment, no extra memory)")
         self.check(self.every > 0, "every", "an integer > 0 (optimizer steps between snapshots)")
         self.check(0.0 < self.rho < 1.0, "rho", "a fraction in (0, 1)")
         self.check(0.0 <= self.beta < 1.0, "beta", "0 <= beta < 1")
@@ -72,10 +77,15 @@ class ImportanceDrift(Observer):
         self.records: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
 
+    @staticmethod
+    def planned_bytes(options: DriftOptions, trainable: int, tasks: int) -> int:
+        """State for ``trainable`` parameters (for the memory plan)."""
+        return 4 * trainable if options.source == "ema" else 0
+
     def attach(self, model: nn.Module) -> None:
-        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.ema = GradSquaredEMA(params, self.options.beta)
-        self.sizes = {n: p.numel() for n, p in params.items()}
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.ema = GradSquaredEMA(self.params if self.options.source == "ema" else {}, self.options.beta)
+        self.sizes = {n: p.numel() for n, p in self.params.items()}
 
     def on_stage_start(self, ctx: StageContext) -> None:
         self.stage = ctx.stage
@@ -86,12 +96,13 @@ class ImportanceDrift(Observer):
 
     def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if (step + 1) % self.options.every == 0:
-            self.snapshot(step + 1)
+            self.snapshot(step + 1, optimizer)
 
     @torch.no_grad()
-    def snapshot(self, step: int) -> None:
+    def snapshot(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         assert self.ema is not None
-        scores = self.ema.values
+        scores = self.ema.values if self.options.source == "ema" else {
+            n: second_moment(optimizer, p) for n, p in self.params.items()}
         top = {n: i.to(torch.int32) for n, i in
                select_top_fraction(scores, self.options.rho, normalize=self.options.normalize).items()}
         means = [float(v.mean()) for v in scores.values()]
