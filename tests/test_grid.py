@@ -162,3 +162,34 @@ def test_grid_killed_with_its_trials_resumes_from_checkpoints(tmp_path):
     after = statuses(tmp_path)
     assert len(after) == 2 and all(r["run"]["status"] == "success" for r in after.values())
     assert all(r["run"]["resumed_from"] == [4] for r in after.values()), [r["run"]["resumed_from"] for r in after.values()]
+
+
+def test_a_method_planning_its_stages_is_crossed_with_the_multistage_regime_only(tmp_path):
+    from bench.config import ConfigError
+
+    path = grid_file(tmp_path, methods=("full_sft", "cpi_ft"), extra='regimes = ["sequential", "multistage"]')
+    cells = load_grid(path, {"tasks": {"num_groups": 2}}).cells
+    assert sorted((c.method.name, c.regime) for c in cells) == [
+        ("cpi_ft", "multistage"), ("full_sft", "multistage"), ("full_sft", "sequential")]
+    with pytest.raises(ConfigError, match="add 'multistage' to grid.regimes"):
+        load_grid(grid_file(tmp_path, methods=("full_sft", "cpi_ft")))
+
+
+def test_grid_of_three_regimes_with_analyses_then_report(tmp_path, capsys):
+    extra = ('regimes = ["multitask", "sequential", "multistage"]\n'
+             '[grid.method_options.cpi_ft]\nprobe_steps = 2\nrho = 0.05\n')
+    path = grid_file(tmp_path, methods=("full_sft", "cpi_ft"), extra=extra)
+    text = path.read_text().replace("[train]", "[analysis]\nimportance_drift = { every = 1, rho = 0.05 }\n"
+                                    "gradient_conflict = { every = 2 }\n[train]")
+    path.write_text(text.replace('test_size = 4', 'test_size = 4\nnum_groups = 2'))
+    assert main(["grid", str(path)]) == 0
+    results = statuses(tmp_path)
+    assert sorted((r["run"]["method"], r["run"]["regime"]) for r in results.values()) == [
+        ("cpi_ft", "multistage"), ("full_sft", "multistage"), ("full_sft", "multitask"), ("full_sft", "sequential")]
+    assert all(r["train"]["observers"]["importance_drift"]["snapshots"] >= 3 for r in results.values())
+    assert main(["report", str(tmp_path / "results" / "g")]) == 0
+    tables = tmp_path / "results" / "g" / "tables"
+    for name in ("main_multistage.md", "forgetting_multistage.md", "forgetting.md", "drift_multistage.md",
+                 "conflict_sequential.md", "drift_multitask.md"):
+        assert (tables / name).is_file(), name
+    assert list(tables.glob("drift_multistage_*_cpi_ft_importance_drift.png"))
