@@ -7,7 +7,9 @@ allocated on GPU; on CPU the bytes of parameters, gradients, optimizer and metho
 parameter, the time of each operation a method offers for timing on its own
 (``Method.timed_operations``), tokens/s, and each as a ratio to the first variant. On GPU, the
 model FLOPs utilization of the first variant (6 x params x tokens / step time / peak bf16 FLOP/s).
-The variants are read from ``configs/perf/variants.toml`` (``--variants-file``).
+The variants are read from ``configs/perf/variants.toml`` (``--variants-file``); a variant's
+``analysis`` table adds the analyses' observers (``bench.analysis``), whose cost then shows as a
+step-time ratio (with ``every = 1`` the ratio is the cost of one measurement per step).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from tabulate import tabulate
 
 import methods
+from bench import analysis
 from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
 from bench.data import IGNORE, Feature, StageData, Stream
@@ -36,15 +39,19 @@ from bench.train import Trainer
 from methods.base import tensor_bytes
 
 VARIANTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "perf" / "variants.toml"
-Variant = tuple[str, str, dict[str, Any]]
+Variant = tuple[str, str, dict[str, Any], dict[str, Any]]
+ANALYSIS_TASKS = 3  # the synthetic rows are dealt into this many "tasks" for the analyses
 
 
 def read_variants(path: Path) -> list[Variant]:
-    """(label, method, options) per ``[[variant]]`` of ``path``; the first is the baseline."""
+    """(label, method, options, analysis tables) per ``[[variant]]`` of ``path``; the first is
+    the baseline."""
     entries = tomllib.loads(path.read_text()).get("variant", [])
     if not entries:
         raise SystemExit(f"error: {path}: no [[variant]] tables")
-    return [(v["label"], v["method"], dict(v.get("options", {}))) for v in entries]
+    for v in entries:
+        analysis.check(v.get("analysis", {}))
+    return [(v["label"], v["method"], dict(v.get("options", {})), dict(v.get("analysis", {}))) for v in entries]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -86,7 +93,7 @@ def sync(on: torch.device) -> None:
 def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
             rows: list[Feature], steps: int) -> dict[str, Any]:
     """Fresh model + method, ``args.warmup`` untimed steps, then ``steps`` timed steps."""
-    label, name, options = variant
+    label, name, options, analyses = variant
     gc.collect()
     if on.type == "cuda":
         torch.cuda.empty_cache()
@@ -97,7 +104,10 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     method = methods.build(name, options)
     config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1,
                          schedule="constant_with_warmup")
-    trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, precision, progress=False)
+    tasks = {f"synthetic-{k}": rows[k::ANALYSIS_TASKS] for k in range(ANALYSIS_TASKS)}
+    everything = StageData(-1, tasks, args.batch, tokenizer.pad_token_id or 0, on, 0, False, precision)
+    trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, precision, progress=False,
+                      observers=analysis.build(analyses, everything))
     data = StageData(0, {"synthetic": rows}, args.batch, tokenizer.pad_token_id or 0, on, 0, False, precision)
     trainer.start_stage(0, data, Stream({"synthetic": rows}, 0, False), args.warmup + steps)
     batches = [rows[(i * args.batch) % (len(rows) - args.batch):][:args.batch] for i in range(args.warmup + steps)]

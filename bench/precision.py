@@ -113,8 +113,9 @@ class Precision:
 
             # optimi's defaults differ from torch's: pass eps and betas explicitly.
             return AdamW(groups, lr=lr, betas=betas, eps=1e-8, weight_decay=weight_decay, kahan_sum=True)
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay,
-                                 fused=self.device.type == "cuda" or None)
+        # The fused kernel on CPU as on GPU: on CPU it makes the step of SmolLM2-135M 4x faster
+        # than the default for-each implementation (0.15 s vs 0.65 s per step, docs/perf.md).
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
 
     def describe(self) -> dict[str, Any]:
         """What result.json records about precision."""

@@ -40,6 +40,8 @@ Index = dict[str, torch.Tensor]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CPIFTConfig(IsolationConfig):
+    rho: float = dataclasses.field(default=0.01, metadata={
+        "help": "core region of each task: the global top fraction of |theta_probe - theta_0| (the paper's p)"})
     probe_steps: int = dataclasses.field(default=20, metadata={"help": "fine-tuning steps of each task's probe"})
     probe_lr: float = dataclasses.field(default=1e-4, metadata={"help": "learning rate of the probes"})
     tau: float = dataclasses.field(default=0.1, metadata={"help": "core overlap (Jaccard) that joins two tasks"})

@@ -1,4 +1,4 @@
-"""Sensitivity of a method to its swept options (e.g. EPI's rho x refresh interval): every config
+"""Sensitivity of a method to its swept options (e.g. a fraction rho x an update interval): every config
 variant of a method gets its own row, labelled with the swept values, and a plot per swept key
 draws Avg. Norm. and Avg. F against it, one line per value of the other swept keys; mean ± std
 over seeds. Runs of different variants are never pooled as if they were seeds."""

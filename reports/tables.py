@@ -273,7 +273,7 @@ def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequenc
             "stage is not the last; Avg. F = their mean; BWT = mean(final − right after its own stage) "
             "(< 0 = forgetting); Avg. F (NLL) = same on gold-answer NLL in nats (> 0 = NLL rose). "
             "L_task = score gained in its own stage (vs the stage before, or the base model for the first "
-            "stage): the plasticity that isolation may cost; Avg. L = their mean.")
+            "stage): the plasticity that freezing parameters may cost; Avg. L = their mean.")
     return Table("forgetting" if regime == "sequential" else f"forgetting_{regime}", ["backbone", "method", "runs"],
                  [f"F {tasks[j]}" for j in forgettable] + ["Avg. F", "BWT", "Avg. F (NLL)"]
                  + [f"L {t}" for t in tasks] + ["Avg. L"], rows,

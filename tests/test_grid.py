@@ -193,3 +193,13 @@ def test_grid_of_three_regimes_with_analyses_then_report(tmp_path, capsys):
                  "conflict_sequential.md", "drift_multitask.md"):
         assert (tables / name).is_file(), name
     assert list(tables.glob("drift_multistage_*_cpi_ft_importance_drift.png"))
+
+
+def test_wandb_logger_writes_an_offline_run_with_the_curves(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = grid_file(tmp_path, methods=("full_sft",), extra='loggers = ["wandb"]')
+    assert main(["grid", str(path)]) == 0
+    runs = list((tmp_path / "results" / "g" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert b"loss" in runs[0].read_bytes()  # the per-step curves, in W&B's offline record format

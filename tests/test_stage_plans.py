@@ -102,8 +102,9 @@ def test_cpi_ft_freezes_earlier_groups_cores_bit_exactly_and_fuses():
 
 def test_multistage_run_records_the_plan_and_cpi_ft_its_grouping(tmp_path):
     sets = [f"results_dir={json.dumps(str(tmp_path))}", "train.steps_per_stage=2", "eval.limit=4",
-            "tasks.train_size=16", "tasks.test_size=4", "regime='multistage'", "tasks.num_groups=2",
-            "method.name='cpi_ft'", "method.options={probe_steps = 2, rho = 0.05, group_order = 'tasks'}"]
+            "tasks.train_size=16", "tasks.test_size=4", "tasks.num_groups=2",
+            "grid.methods=['cpi_ft']", "grid.regimes=['multistage']",
+            "grid.method_options={cpi_ft = {probe_steps = 2, rho = 0.05, group_order = 'tasks'}}"]
     assert main(["run", SMOKE, *[a for s in sets for a in ("--set", s)]]) == 0
     (path,) = tmp_path.glob("smoke/*/result.json")
     result = json.loads(path.read_text())

@@ -5,7 +5,7 @@ with the step's gradients as the loss gave them (``on_gradients``: before a meth
 ``source = "adam_v"`` reads the optimizer's second moment instead (an EMA of g^2 with beta2,
 after clipping and after the method's hooks), which costs no memory: the choice at 7-9B scale.
 Every ``every`` steps it takes a snapshot: the global top-``rho`` set (``methods.selection``,
-per-tensor min-max normalized like EPI's mask by default) and the mean importance of each
+per-tensor min-max normalized by default) and the mean importance of each
 tensor. Each snapshot records the set's Jaccard with the previous and with the first snapshot,
 and the Spearman rank correlation of the per-tensor means with the previous snapshot. Events
 have kind ``set_drift`` (like a method's re-selected sets), so the same plots read them.
