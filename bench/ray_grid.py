@@ -286,7 +286,7 @@ def print_breakdown(cells: list[RunConfig]) -> None:
             continue
         t = result.train.timing
         parts = "  ".join(f"{k.removesuffix('_s')} {t[k]:.0f}s" for k in
-                          ("setup_s", "data_s", "model_s", "base_s", "train_s", "eval_s") if k in t)
+                          ("setup_s", "data_s", "model_s", "base_s", "plan_s", "train_s", "eval_s") if k in t)
         wall = result.train.wall_s or 0.0
         print(f"[grid] {c.run_id}: wall {clock(wall)}  {parts}", file=sys.stderr)
 

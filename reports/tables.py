@@ -53,14 +53,14 @@ class Table:
     labels: list[str]
     columns: list[str]
     rows: list[tuple[list[str], list[list[float] | None]]]
-    higher_is_better: list[bool]
+    higher_is_better: list[bool | None]  # None: a measurement, not a score (nothing in bold)
     footnote: str = ""
 
     def best(self) -> list[float | None]:
         out: list[float | None] = []
         for j, hib in enumerate(self.higher_is_better):
             means = [m for _, v in self.rows if (m := mean_std(v[j] or [])[0]) is not None]
-            out.append((max(means) if hib else min(means)) if means else None)
+            out.append((max(means) if hib else min(means)) if means and hib is not None else None)
         return out
 
     def formatted(self, fmt: str) -> list[list[str]]:
