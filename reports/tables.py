@@ -53,7 +53,7 @@ class Table:
     labels: list[str]
     columns: list[str]
     rows: list[tuple[list[str], list[list[float] | None]]]
-    higher_is_better: list[bool | None]  # None: a measurement, not a score (nothing in bold)
+    higher_is_better: Sequence[bool | None]  # None: a measurement, not a score (nothing in bold)
     footnote: str = ""
 
     def best(self) -> list[float | None]:
