@@ -50,7 +50,7 @@ def drift_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> Tab
             "correlation of per-tensor mean importance with the previous snapshot (mean). 1.0 = static.")
     return Table(f"drift_{regime}", ["backbone", "method", "runs"],
                  ["snapshots", "J prev (mean)", "J prev (min)", "J first (last)", "ρ prev (mean)"], rows,
-                 [None] * 5, note)
+                 [None] * 5, note, decimals=2)
 
 
 def conflict_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> Table | None:
@@ -74,4 +74,4 @@ def conflict_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> 
             "training rows, nothing updated. cos = pairwise cosine over all trainable parameters (mean over pairs "
             "and measurements; min over all); neg. % = share of negative pairs, mean over measurements.")
     return Table(f"conflict_{regime}", ["backbone", "method", "runs"],
-                 ["measurements", "cos (mean)", "cos (min)", "neg. pairs %"], rows, [None] * 4, note)
+                 ["measurements", "cos (mean)", "cos (min)", "neg. pairs %"], rows, [None] * 4, note, decimals=2)

@@ -39,10 +39,10 @@ def latex_escape(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
 
 
-def number(x: float) -> str:
-    """One decimal, without the '-0.0' that rounding a tiny negative gives."""
-    text = f"{x:.1f}"
-    return "0.0" if text == "-0.0" else text
+def number(x: float, decimals: int = 1) -> str:
+    """``decimals`` decimals, without the '-0.0' that rounding a tiny negative gives."""
+    text = f"{x:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 @dataclasses.dataclass
@@ -55,6 +55,7 @@ class Table:
     rows: list[tuple[list[str], list[list[float] | None]]]
     higher_is_better: Sequence[bool | None]  # None: a measurement, not a score (nothing in bold)
     footnote: str = ""
+    decimals: int = 1  # scores in points: 1; Jaccard, cosines and correlations: 2
 
     def best(self) -> list[float | None]:
         out: list[float | None] = []
@@ -74,7 +75,7 @@ class Table:
                     cells.append("—" if fmt != "latex" else "--")
                     continue
                 pm = " ± " if fmt != "latex" else r" $\pm$ "
-                text = number(mean) + (f"{pm}{number(std)}" if std is not None else "")
+                text = number(mean, self.decimals) + (f"{pm}{number(std, self.decimals)}" if std is not None else "")
                 top = best[j]
                 bold = top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
                 if bold:

@@ -79,7 +79,7 @@ def test_multistage_forgetting_learning_drift_and_conflict_tables(study):
     assert values["F c_mean"] == "-5.0000" and values["BWT_n"] == "2"
     assert values["L a_n"] == "2"  # learning is defined for every task of every run
     drift = (tables / "drift_multistage.md").read_text()
-    assert "| tiny       | full_sft | 2/2    |" in drift and "0.6 ± 0.0" in drift  # mean of J prev 0.5, 0.7
+    assert "| tiny       | full_sft | 2/2    |" in drift and "0.60 ± 0.00" in drift  # mean of J prev 0.5, 0.7
     conflict = (tables / "conflict_multistage.csv").read_text()
     assert "full_sft" in conflict and ",33.3333,0.0000,2" in conflict  # neg. pairs: mean of 0 and 2/3
     assert (tables / "drift_multistage_tiny_full_sft_importance_drift.png").stat().st_size > 1000
