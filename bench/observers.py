@@ -50,3 +50,30 @@ class Observer:
     def summary(self) -> Any:
         """What result.json records of this observer (``train.observers.<name>``); None = nothing."""
         return None
+
+
+class Recorder:
+    """An observer's measurements: each is kept for the summary and queued once as an event
+    (``kept`` may leave bulky fields out of the summary)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+
+    def add(self, event: dict[str, Any], kept: dict[str, Any] | None = None) -> None:
+        self.records.append(event if kept is None else kept)
+        self.pending.append(event)
+
+    def drain(self) -> list[dict[str, Any]]:
+        out, self.pending = self.pending, []
+        return out
+
+    def series(self, keys: tuple[str, ...]) -> dict[str, list[Any]]:
+        """``{key: [value of every record]}``."""
+        return {k: [r[k] for r in self.records] for k in keys}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": list(self.records), "pending": list(self.pending)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records, self.pending = list(state["records"]), list(state["pending"])

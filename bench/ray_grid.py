@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import regimes
 from bench import results as res
 from bench.config import ConfigError, RunConfig, from_dict, to_dict
 from bench.files import atomic_write
 from bench.grid import Grid
 from bench.grid_progress import GridProgress, clock
 from bench.memory_plan import DoesNotFit, Plan, check_fits, knobs, plan_cell
+from bench.regimes import regime_plan
 from bench.study import study_lock
 
 
@@ -80,8 +80,7 @@ def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
 
 def cell_steps(config: RunConfig) -> tuple[int, int]:
     """(stages, optimizer steps) of a cell."""
-    t = config.tasks  # a method that plans its own stages may make fewer stages than the regime
-    n = len(regimes.plan(config.regime, t.names, t.groups, t.num_groups, config.seed).groups)
+    n = len(regime_plan(config).groups)  # a method that plans its own stages may make more or fewer
     return n, n * config.train.steps_per_stage
 
 

@@ -14,8 +14,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from methods.base import StagePlan
+
+if TYPE_CHECKING:
+    from bench.config import RunConfig
 
 REGIMES = ("multitask", "sequential", "multistage")
 
@@ -48,6 +52,12 @@ def plan(regime: str, tasks: Sequence[str], groups: Sequence[Sequence[str]] = ()
         return StagePlan(random_groups(tasks, num_groups, seed),
                          {"source": f"random split into tasks.num_groups = {num_groups}, drawn from seed {seed}"})
     raise ValueError(f"unknown regime {regime!r}; allowed: {', '.join(REGIMES)}")
+
+
+def regime_plan(config: RunConfig) -> StagePlan:
+    """The stage plan of a run config's regime (a method may replace it before the first stage)."""
+    t = config.tasks
+    return plan(config.regime, t.names, t.groups, t.num_groups, config.seed)
 
 
 def stages(stage_plan: StagePlan) -> list[Stage]:

@@ -35,7 +35,7 @@ from bench.files import atomic_write
 from bench.judge import build_judge
 from bench.models import device, enable_activation_checkpointing, load_backbone, resolve
 from bench.precision import Precision
-from bench.regimes import plan, stages
+from bench.regimes import regime_plan, stages
 from bench.run_log import RunLog
 from bench.sentinel import LostUpdateSentinel
 from bench.tasks import Suite, build_suite
@@ -154,10 +154,6 @@ def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> N
     trainer.method.export(trainer.model).save_pretrained(folder / "model")
     tokenizer.save_pretrained(folder / "model")
     trainer.method.save_extras(trainer.model, folder)
-
-
-def regime_plan(config: RunConfig) -> StagePlan:
-    return plan(config.regime, config.tasks.names, config.tasks.groups, config.tasks.num_groups, config.seed)
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.observers import Observer
+from bench.observers import Observer, Recorder
 from methods.base import StageContext
 
 SAMPLE = 1 << 20
@@ -29,8 +29,7 @@ class LostUpdateSentinel(Observer):
         self.index: dict[str, torch.Tensor] = {}
         self.start: dict[str, torch.Tensor] = {}
         self.touched: dict[str, torch.Tensor] = {}
-        self.records: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = []
+        self.recorder = Recorder()
 
     def _params(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -65,20 +64,17 @@ class LostUpdateSentinel(Observer):
             unchanged += int((same & self.touched[name]).sum())
         record = {"kind": "lost_update", "stage": ctx.stage, "step": ctx.step, "sampled": sampled,
                   "with_gradient": updated, "unchanged": unchanged, "fraction": unchanged / updated if updated else None}
-        self.records.append(record)
-        self.pending.append(record)
+        self.recorder.add(record)
 
     def drain_events(self) -> list[dict[str, Any]]:
-        out, self.pending = self.pending, []
-        return out
+        return self.recorder.drain()
 
     def summary(self) -> list[dict[str, Any]]:
-        return list(self.records)
+        return list(self.recorder.records)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "start": self.start, "touched": self.touched, "records": list(self.records),
-                "pending": list(self.pending)}
+        return {"index": self.index, "start": self.start, "touched": self.touched, **self.recorder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index, self.start, self.touched = dict(state["index"]), dict(state["start"]), dict(state["touched"])
-        self.records, self.pending = list(state["records"]), list(state["pending"])
+        self.recorder.load_state_dict(state)

@@ -112,3 +112,14 @@ def test_multistage_run_records_the_plan_and_cpi_ft_its_grouping(tmp_path):
     assert plan["source"].startswith("method cpi_ft") and sorted(t for g in plan["groups"] for t in g) == sorted(TASKS)
     assert [s["trained_on"] for s in result["evaluation"]["stages"]] == plan["groups"]
     assert set(plan["core_sizes"]) == set(TASKS) and plan["fusion"]["epsilon"] == 5e-4
+
+
+def test_an_entry_in_several_cores_comes_from_the_task_that_moved_it_most():
+    from methods.cpi_ft import strongest
+
+    index, value = strongest([torch.tensor([1, 2]), torch.tensor([2, 3])], [torch.tensor([10.0, 20.0]),
+                             torch.tensor([21.0, 30.0])], [torch.tensor([0.1, 0.5]), torch.tensor([0.9, 0.2])])
+    assert index.tolist() == [1, 2, 3] and value.tolist() == [10.0, 21.0, 30.0]
+    index, value = strongest([torch.tensor([2]), torch.tensor([2])], [torch.tensor([5.0]), torch.tensor([6.0])],
+                             [torch.tensor([0.7]), torch.tensor([0.3])])
+    assert index.tolist() == [2] and value.tolist() == [5.0]

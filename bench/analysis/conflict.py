@@ -29,7 +29,7 @@ from torch import nn
 
 from bench.analysis.options import Options
 from bench.data import StageData
-from bench.observers import Observer
+from bench.observers import Observer, Recorder
 from methods.base import StageContext
 
 GROUPS = (("attention", re.compile(r"attn|attention", re.I)), ("mlp", re.compile(r"mlp|feed_forward|ffn", re.I)),
@@ -71,8 +71,7 @@ class GradientConflict(Observer):
         self.options, self.data = options, data
         self.fixed: dict[str, list[dict[str, torch.Tensor]]] = {}
         self.stage = 0
-        self.records: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = []
+        self.recorder = Recorder()
 
     @staticmethod
     def planned_bytes(options: ConflictOptions, trainable: int, tasks: int) -> int:
@@ -128,23 +127,22 @@ class GradientConflict(Observer):
         record = {"kind": "gradient_conflict", "step": step, "stage": self.stage, "cosines": overall,
                   "per_group": per_group, "mean_cosine": sum(values) / len(values) if values else None,
                   "negative_fraction": sum(c < 0 for c in values) / len(values) if values else None}
-        self.records.append(record)
-        self.pending.append(record)
+        self.recorder.add(record)
 
     def drain_events(self) -> list[dict[str, Any]]:
-        out, self.pending = self.pending, []
-        return out
+        return self.recorder.drain()
 
     def summary(self) -> dict[str, Any] | None:
-        if not self.records:
+        if not self.recorder.records:
             return None
         return {"options": dataclasses.asdict(self.options), "definition": "PCGrad: a pair conflicts when the cosine "
-                "of the two task gradients is negative (our choice of definition)", "measurements": len(self.records),
-                **{k: [r[k] for r in self.records] for k in ("step", "stage", "mean_cosine", "negative_fraction")},
-                "cosines": [r["cosines"] for r in self.records]}
+                "of the two task gradients is negative (our choice of definition)",
+                "measurements": len(self.recorder.records),
+                **self.recorder.series(("step", "stage", "mean_cosine", "negative_fraction", "cosines"))}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"records": list(self.records), "pending": list(self.pending), "stage": self.stage}
+        return {**self.recorder.state_dict(), "stage": self.stage}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.records, self.pending, self.stage = list(state["records"]), list(state["pending"]), state["stage"]
+        self.recorder.load_state_dict(state)
+        self.stage = state["stage"]

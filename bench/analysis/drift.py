@@ -25,7 +25,7 @@ from torch import nn
 
 from bench.analysis.options import Options
 from bench.data import StageData
-from bench.observers import Observer
+from bench.observers import Observer, Recorder
 from methods.base import StageContext
 from methods.importance import GradSquaredEMA, second_moment
 from methods.selection import jaccard, layer_of, select_top_fraction
@@ -74,8 +74,7 @@ class ImportanceDrift(Observer):
         self.first: dict[str, torch.Tensor] | None = None
         self.previous: dict[str, torch.Tensor] | None = None
         self.previous_means: list[float] | None = None
-        self.records: list[dict[str, Any]] = []
-        self.pending: list[dict[str, Any]] = []
+        self.recorder = Recorder()
 
     @staticmethod
     def planned_bytes(options: DriftOptions, trainable: int, tasks: int) -> int:
@@ -111,35 +110,32 @@ class ImportanceDrift(Observer):
             per_layer[layer_of(name)] += idx.numel()
         size = sum(i.numel() for i in top.values())
         self.first = self.first if self.first is not None else top
-        record = {"kind": "set_drift", "set": f"importance top-{self.options.rho:g}", "index": len(self.records) + 1,
+        record = {"kind": "set_drift", "set": f"importance top-{self.options.rho:g}", "index": len(self.recorder.records) + 1,
                   "step": step, "stage": self.stage, "size": size, "fraction": size / max(sum(self.sizes.values()), 1),
                   "jaccard_prev": jaccard(self.previous, top, self.sizes) if self.previous is not None else None,
                   "jaccard_first": jaccard(self.first, top, self.sizes),
                   "spearman_prev": spearman(self.previous_means, means) if self.previous_means else None,
                   "per_group": dict(sorted(per_layer.items()))}
         self.previous, self.previous_means = top, means
-        self.records.append({k: v for k, v in record.items() if k != "per_group"})
-        self.pending.append(record)
+        self.recorder.add(record, kept={k: v for k, v in record.items() if k != "per_group"})
 
     def drain_events(self) -> list[dict[str, Any]]:
-        out, self.pending = self.pending, []
-        return out
+        return self.recorder.drain()
 
     def summary(self) -> dict[str, Any] | None:
-        if not self.records:
+        if not self.recorder.records:
             return None
-        series = {k: [r[k] for r in self.records] for k in ("step", "stage", "jaccard_prev", "jaccard_first",
-                                                            "spearman_prev")}
-        return {"options": dataclasses.asdict(self.options), "snapshots": len(self.records), **series}
+        series = self.recorder.series(("step", "stage", "jaccard_prev", "jaccard_first", "spearman_prev"))
+        return {"options": dataclasses.asdict(self.options), "snapshots": len(self.recorder.records), **series}
 
     def state_dict(self) -> dict[str, Any]:
         assert self.ema is not None, "attach first"
-        return {"ema": self.ema.state_dict(), "first": self.first,
-                "previous": self.previous, "previous_means": self.previous_means, "records": list(self.records),
-                "pending": list(self.pending), "stage": self.stage}
+        return {"ema": self.ema.state_dict(), "first": self.first, "previous": self.previous,
+                "previous_means": self.previous_means, "stage": self.stage, **self.recorder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.ema is not None, "attach first"
         self.ema.load_state_dict(state["ema"])
         self.first, self.previous, self.previous_means = state["first"], state["previous"], state["previous_means"]
-        self.records, self.pending, self.stage = list(state["records"]), list(state["pending"]), state["stage"]
+        self.stage = state["stage"]
+        self.recorder.load_state_dict(state)
