@@ -25,8 +25,9 @@ RENAMED = {
     "train.bf16": "'train.precision'; bf16 = 'on' with 16-bit weights was 'bf16-pure', with float32 weights "
                   "'bf16-mixed'",
 }
-# Keys that say where and how often to save, not what is computed: excluded from the run id.
-OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights")
+# Keys that say where, on how many workers and how often to save, not what is computed: excluded
+# from the run id (N workers compute the micro-batches one process would, bench/sharding.py).
+OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights", "train.workers")
 # Keys added after results existed: left out of the run id while at these values (their
 # behaviour before the key existed), so an earlier study's cells keep their run ids.
 ADDED_LATER = {"tasks.groups": [], "tasks.num_groups": 3, "analysis.importance_drift": {},
@@ -89,14 +90,26 @@ class TrainConfig:
                                       "0 = off; -1 = auto: 100 on GPU, off on CPU", minimum=-1)
     keep_final_weights: bool = field(False, "a successful run saves its final model (HF format) in <run_dir>/final/ "
                                             "instead of deleting its checkpoint")
+    workers: int = field(1, "processes (one GPU each, or CPU processes) that one run is sharded over with FSDP2, "
+                            "started by Ray Train; the step's train.grad_accum micro-batches are dealt out to them, "
+                            "so train.grad_accum must be a multiple of it", minimum=1)
 
     def checkpoint_interval(self, on_gpu: bool) -> int:
         """``checkpoint_every`` with auto resolved."""
+        if self.workers > 1:
+            return 0  # sharded checkpoints are not written yet (docs/perf.md, README)
         return (100 if on_gpu else 0) if self.checkpoint_every == -1 else self.checkpoint_every
 
     def __post_init__(self) -> None:
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.grad_accum = {self.grad_accum} must divide train.batch_size = {self.batch_size}")
+        if self.grad_accum % self.workers:
+            raise ConfigError(f"bad value {self.grad_accum} for key 'train.grad_accum' with train.workers = "
+                              f"{self.workers}; allowed: a multiple of train.workers (each worker takes "
+                              f"train.grad_accum / train.workers of the step's micro-batches)")
+        if self.workers > 1 and self.checkpoint_every > 0:
+            raise ConfigError(f"bad value {self.checkpoint_every} for key 'train.checkpoint_every' with train.workers "
+                              f"= {self.workers}; allowed: 0 or -1 (a sharded run writes no in-run checkpoint yet)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas = {self.betas!r}: allowed: two numbers in [0, 1)")
 

@@ -48,8 +48,8 @@ def answer_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
-# Architectures whose forward is ``lm_head(decoder(x))`` (Gemma-2 adds a final soft-cap, applied
-# below): for them the output layer is computed on answer positions only.
+# Architectures whose forward ends in ``lm_head(hidden_states[:, positions])`` (Gemma-2 adds a
+# final soft-cap after it): for them the output layer is computed on answer positions only.
 ANSWER_ONLY_HEAD = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"}
 
 
@@ -57,16 +57,22 @@ def answer_logits(model: nn.Module, batch: dict[str, torch.Tensor], keep: torch.
     """Logits at the positions ``keep`` (shape ``(n_kept, vocab)``) predicting the next token.
 
     Prompt positions need no vocabulary projection: skipping them saves most of the output
-    layer's work (vocabulary x hidden per token) on short answers. Other architectures fall
-    back to the model's full forward."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) in ANSWER_ONLY_HEAD:
-        hidden = model.get_decoder()(**inputs).last_hidden_state[:, :-1][keep]
-        logits = model.get_output_embeddings()(hidden)
-        cap = getattr(config, "final_logit_softcapping", None)
-        return torch.tanh(logits / cap) * cap if cap else logits
-    return model(**inputs).logits[:, :-1][keep]
+    layer's work (vocabulary x hidden per token) on short answers. The forward goes through the
+    root module, as FSDP2 requires (its root pre-forward hook gathers the embedding and output
+    layer); a pre-hook on the output layer hands it the kept positions only. Other
+    architectures compute the full logits."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if getattr(getattr(model, "config", None), "model_type", None) not in ANSWER_ONLY_HEAD:
+        return model(**inputs).logits[:, :-1][keep]
+
+    def kept_positions(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (args[0][:, :-1][keep], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(kept_positions)
+    try:
+        return model(**inputs, logits_to_keep=0).logits  # 0 = every position, cut by the hook
+    finally:
+        handle.remove()
 
 
 def summed_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

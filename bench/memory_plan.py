@@ -131,7 +131,7 @@ def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
     precision = Precision.from_config(config.train.precision, torch.device("cuda"))
     model = meta_model(shape, precision.param_dtype)
     method = methods.build(config.method.name, config.method.options)
-    model = method.prepare(model)
+    model = method.prepare(method.adapt(model))
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     param_bytes = sum(p.numel() * p.element_size() for p in params)

@@ -38,6 +38,7 @@ from bench.precision import Precision
 from bench.regimes import regime_plan, stages
 from bench.run_log import RunLog
 from bench.sentinel import LostUpdateSentinel
+from bench.sharding import Sharding
 from bench.tasks import Suite, build_suite
 from bench.tasks.lm_eval_files import FORMAT_VERSION
 from bench.train import Trainer
@@ -138,22 +139,43 @@ def all_tasks_data(config: RunConfig, features: dict[str, list[Feature]], pad_id
 
 
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
-                  data: StageData, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
-                  listeners: list[Callable[[dict[str, Any]], None]]) -> Trainer:
+                  data: StageData, progress: bool, checkpointer: Checkpointer | None, saved: dict[str, Any] | None,
+                  listeners: list[Callable[[dict[str, Any]], None]], sharding: Sharding) -> Trainer:
     observers = [LostUpdateSentinel(config.seed), *analysis.build(dataclasses.asdict(config.analysis), data)]
-    trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir, progress=progress,
-                      checkpointer=checkpointer, observers=observers, listeners=listeners)
+    trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir,
+                      progress=progress and sharding.writes, checkpointer=checkpointer, observers=observers,
+                      listeners=listeners, sharding=sharding)
     if saved is not None:
         trainer.load_state_dict(saved["trainer"])
     return trainer
 
 
 def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> None:
-    """``<run_dir>/final/model`` (plain HF model, e.g. LoRA merged) plus the method's extras."""
-    folder = config.run_dir / "final"
-    trainer.method.export(trainer.model).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    trainer.method.save_extras(trainer.model, folder)
+    """``<run_dir>/final/model`` (plain HF model, e.g. LoRA merged) plus the method's extras
+    (a sharded run gathers the whole model on rank 0, which writes them)."""
+    whole = trainer.sharding.evaluation_model(trainer.model)
+    if whole is not None:
+        folder = config.run_dir / "final"
+        trainer.method.export(whole).save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "model")
+        trainer.method.save_extras(whole, folder)
+    trainer.sharding.after_evaluation()
+
+
+def evaluate_stage(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any) -> dict[str, Any]:
+    """Scores of every task on the exported model; a sharded run gathers the whole model on
+    rank 0, which evaluates while the others wait, and every rank gets rank 0's scores."""
+    whole = trainer.sharding.evaluation_model(trainer.model)
+
+    def scores() -> dict[str, Any]:
+        assert whole is not None
+        with trainer.precision.autocast():
+            return evaluate(trainer.method.export(whole), tokenizer, suite, config.eval, judge=judge)
+
+    try:
+        return trainer.sharding.on_writer(scores)
+    finally:
+        trainer.sharding.after_evaluation()
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
@@ -172,8 +194,8 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
         data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, trainer.on,
                          config.seed, balanced, trainer.precision)
         trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
-        with trainer.precision.autocast(), timed(timing, "eval_s"):
-            scores = evaluate(trainer.method.export(trainer.model), tokenizer, suite, config.eval, judge=judge)
+        with timed(timing, "eval_s"):
+            scores = evaluate_stage(config, trainer, suite, tokenizer, judge)
         result.evaluation.stages.append(StageResult(
             stage=stage.index, trained_on=stage.tasks, steps_done=trainer.step,
             scores={t: s["score"] for t, s in scores.items()}, nll={t: s["nll"] for t, s in scores.items()},
@@ -233,13 +255,16 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     start = time.perf_counter()
     trainer = method = None
     timing = dict(timing or {})
+    precision = Precision.from_config(config.train.precision, device())
+    sharding = Sharding(precision.device)  # a process group exists when Ray Train started N workers
     try:
-        with timed(timing, "checkpoint_read_s"):
-            checkpointer, saved = open_checkpoint(config, result, restart or force)
+        checkpointer, saved = None, None
+        if sharding.writes:
+            with timed(timing, "checkpoint_read_s"):
+                checkpointer, saved = open_checkpoint(config, result, restart or force)
         seed_everything(config.seed)
         with timed(timing, "data_s"):
-            suite = load_suite(config, result)
-        precision = Precision.from_config(config.train.precision, device())
+            suite = sharding.writer_first(lambda: load_suite(config, result))  # rank 0 writes the task files
         with timed(timing, "model_s"):
             model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
         if config.train.activation_checkpointing:
@@ -248,15 +273,16 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         judge = build_judge(config.eval.judge) if config.eval.judge else None
         if saved is None:
             with precision.autocast(), timed(timing, "base_s"):
-                result.evaluation.base = base_scores(config, model, tokenizer, suite, judge)
+                result.evaluation.base = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
         features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
         everything = all_tasks_data(config, features, tokenizer.pad_token_id, precision)
         trainer = build_trainer(config, precision, method, model, everything, progress, checkpointer, saved,
-                                list(listeners or []))
+                                list(listeners or []), sharding)
         train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing, everything)
         if config.train.keep_final_weights:
             keep_final_weights(config, trainer, tokenizer)
-        checkpointer.discard()
+        if checkpointer is not None:
+            checkpointer.discard()
         result.run.status = "success"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then the grid goes on
         record_failure(result, e, trainer)
@@ -264,7 +290,8 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         finish(result, trainer, method, time.perf_counter() - start)
         timing["train_s"] = result.train.summary.get("train_s") or 0.0
         result.train.timing = {k: round(v, 3) for k, v in timing.items()}
-        if result.run.status != "running":  # Ctrl-C leaves no result: the run is simply missing
+        result.train.workers = sharding.workers
+        if result.run.status != "running" and sharding.writes:  # Ctrl-C leaves no result: the run is simply missing
             res.write_result(run_dir, result)
     return result
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from bench.observers import Observer, Recorder
 from methods.base import StageContext
+from methods.collectives import local, local_indices, reduce_
 
 SAMPLE = 1 << 20
 
@@ -40,28 +41,29 @@ class LostUpdateSentinel(Observer):
         generator = torch.Generator().manual_seed(self.seed)
         for name, p in params.items():
             count = min(p.numel(), max(1, round(self.sample * p.numel() / total)))
-            self.index[name] = torch.randint(p.numel(), (count,), generator=generator).to(p.device)
+            drawn = torch.randint(p.numel(), (count,), generator=generator).to(local(p).device)
+            self.index[name] = local_indices(drawn, p)  # a sharded run: the entries in this rank's block
 
     def on_stage_start(self, ctx: StageContext) -> None:
         params = self._params(ctx.model)
         if not self.index:
             self._draw(params)
         for name, p in params.items():
-            self.start[name] = p.detach().reshape(-1)[self.index[name]].clone()
-            self.touched[name] = torch.zeros(self.index[name].numel(), dtype=torch.bool, device=p.device)
+            self.start[name] = local(p).detach().reshape(-1)[self.index[name]].clone()
+            self.touched[name] = torch.zeros(self.index[name].numel(), dtype=torch.bool, device=self.start[name].device)
 
     def after_backward(self, step: int, model: nn.Module) -> None:
         for name, p in self._params(model).items():
             if p.grad is not None and name in self.touched:
-                self.touched[name] |= p.grad.reshape(-1)[self.index[name]] != 0
+                self.touched[name] |= local(p.grad).reshape(-1)[self.index[name]] != 0
 
     def on_stage_end(self, ctx: StageContext) -> None:
-        sampled = updated = unchanged = 0
+        counts = torch.zeros(3, dtype=torch.long)
         for name, p in self._params(ctx.model).items():
-            same = p.detach().reshape(-1)[self.index[name]] == self.start[name]
-            sampled += self.index[name].numel()
-            updated += int(self.touched[name].sum())
-            unchanged += int((same & self.touched[name]).sum())
+            same = local(p).detach().reshape(-1)[self.index[name]] == self.start[name]
+            counts += torch.tensor([self.index[name].numel(), int(self.touched[name].sum()),
+                                    int((same & self.touched[name]).sum())])
+        sampled, updated, unchanged = reduce_(counts.to(next(iter(self.start.values())).device)).tolist()
         record = {"kind": "lost_update", "stage": ctx.stage, "step": ctx.step, "sampled": sampled,
                   "with_gradient": updated, "unchanged": unchanged, "fraction": unchanged / updated if updated else None}
         self.recorder.add(record)

@@ -4,6 +4,7 @@
 the LR schedule and logging. Everything that varies between runs is a part it is given:
 
 - ``Precision``: the model's dtype, the autocast of every forward, how the optimizer is built;
+- ``Sharding``: FSDP2 over the process group, or nothing in one process (``bench.sharding``);
 - the one ``Method``: acts only through its hooks, in the order ``methods.base`` lists;
 - ``observers``: the same hooks, read-only (empty unless the config asks for analyses);
 - ``RunLog``: ``metrics.jsonl`` and one ``events/<source>.jsonl`` per event source;
@@ -31,10 +32,11 @@ from transformers import get_scheduler
 
 from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
-from bench.data import Feature, StageData, Stream, answer_tokens, collate, summed_nll
+from bench.data import IGNORE, Feature, StageData, Stream, collate, summed_nll
 from bench.observers import Observer
 from bench.precision import Precision
 from bench.run_log import RunLog
+from bench.sharding import Sharding
 from methods.base import Method, PlanContext, StageContext, StagePlan
 
 
@@ -65,18 +67,19 @@ class Trainer:
 
     def __init__(self, model: nn.Module, method: Method, config: TrainConfig, pad_id: int, precision: Precision,
                  *, observers: Sequence[Observer] = (), run_dir: Path | None = None, progress: bool = True,
-                 checkpointer: Checkpointer | None = None,
+                 checkpointer: Checkpointer | None = None, sharding: Sharding | None = None,
                  listeners: Sequence[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.method, self.config, self.pad_id, self.precision = method, config, pad_id, precision
         self.on = precision.device
         self.observers = list(observers)
-        self.model = method.prepare(model)
+        self.sharding = sharding or Sharding(self.on)
+        self.model = method.prepare(self.sharding.shard(method.adapt(model), precision))
         for observer in self.observers:
             observer.attach(self.model)
         self.groups = method.param_groups(self.model)
         self.params = [p for g in self.groups for p in g["params"]]
         self.optimizer = precision.optimizer(self.groups, config.lr, tuple(config.betas), config.weight_decay)
-        self.log = RunLog(run_dir, list(listeners))
+        self.log = RunLog(run_dir if self.sharding.writes else None, list(listeners))
         self.progress, self.checkpointer = progress, checkpointer
         self.scheduler: Any = None
         self.stream: Stream | None = None
@@ -160,27 +163,29 @@ class Trainer:
 
     # -- the step -----------------------------------------------------------------------------------
     def train_step(self, rows: list[Feature]) -> float:
-        """One optimizer step over ``rows`` split into ``grad_accum`` micro-batches."""
+        """One optimizer step over ``rows`` split into ``grad_accum`` micro-batches (dealt out
+        to the workers of a sharded run)."""
         start = time.perf_counter()
-        c, step = self.config, self.step
+        c, step, shards = self.config, self.step, self.sharding
         for part in self.parts:
             part.before_step(step, self.model)
         size = len(rows) // c.grad_accum
-        micro = [collate(rows[i:i + size], self.pad_id, self.on) for i in range(0, len(rows), size)]
-        total = sum(answer_tokens(b) for b in micro)
+        mine = shards.my_share([rows[i:i + size] for i in range(0, len(rows), size)])
+        total = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)  # the step's answer tokens
         loss_sum = torch.zeros((), device=self.on)
-        for batch in micro:
+        for i, features in enumerate(mine):
+            batch = collate(features, self.pad_id, self.on)
+            shards.sync(self.model, last=i == len(mine) - 1)
             with self.precision.autocast():
                 nll = summed_nll(self.model, batch)
-            (nll / total).backward()
+            (nll / total * shards.workers).backward()  # FSDP2 averages over the workers
             loss_sum += nll.detach()
         for observer in self.observers:
             observer.on_gradients(step, self.model)
         for part in self.parts:
             part.after_backward(step, self.model)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-                     if c.max_grad_norm > 0 else None)
-        loss = float(loss_sum) / max(total, 1)
+        grad_norm = shards.clip(self.params, c.max_grad_norm) if c.max_grad_norm > 0 else None
+        loss = float(shards.sum(loss_sum)) / max(total, 1)
         if not math.isfinite(loss):
             raise NonFiniteLoss(step, loss)
         self.optimizer.step()
@@ -191,7 +196,7 @@ class Trainer:
         self.step += 1
         self.stage_step += 1
         self.losses.append(loss)
-        self.tokens += sum(int(b["attention_mask"].sum()) for b in micro)
+        self.tokens += sum(len(ids) for ids, _ in rows)
         self.train_seconds += time.perf_counter() - start
         if step % c.log_every == 0:
             self.log.metric({"step": step, "stage": self.stage, "loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),

@@ -7,7 +7,9 @@ default. Two runs that differ only in their ``Method`` object are therefore a fa
 
 Every call, in order, for one run::
 
-    prepare(model) -> model                       once; freeze, inject adapters, allocate state
+    adapt(model) -> model                         once; change the structure (inject adapters, freeze)
+    (a sharded run shards the model here: parameters become this rank's blocks, methods.collectives)
+    prepare(model) -> model                       once; allocate state for the parameters to train
     param_groups(model)                           once; the optimizer is then built from them
     plan_stages(ctx) -> StagePlan | None          once, before the first stage; ctx: the regime's
                                                   plan, every task's data, model, optimizer, seed;
@@ -82,8 +84,14 @@ class Method:
         self.config = config
 
     # -- set-up -------------------------------------------------------------------------------
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """Change the model's structure (inject adapters, freeze weights) before it is sharded;
+        return the model to train."""
+        return model
+
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Freeze, inject adapters or allocate state; return the model to train."""
+        """Allocate state for the parameters as they will be trained (after ``adapt`` and any
+        sharding: hold parameter objects from here, never from ``adapt``); return the model."""
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

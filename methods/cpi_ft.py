@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from methods.base import PlanContext, StageContext, StagePlan
-from methods.importance import fine_tuned_copy
+from methods.collectives import local
+from methods.importance import fine_tuned_weights
 from methods.isolation import IsolationConfig, IsolationMethod
 from methods.merging import connected_groups, overlap_matrix, slerp
 from methods.registry import register
@@ -97,19 +98,18 @@ class CPIFT(IsolationMethod):
     def plan_stages(self, ctx: PlanContext) -> StagePlan:
         tasks, c = list(ctx.data.tasks), self.config
         trainable = {n: p for n, p in ctx.model.named_parameters() if p.requires_grad}
-        shift = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in trainable.items()}  # host memory
+        shift = {n: torch.zeros(local(p).shape, dtype=torch.float32) for n, p in trainable.items()}  # host memory
         cores, transplants = [], []
         for task in tasks:
-            probe = fine_tuned_copy(ctx.model, ctx.data.batches(c.probe_steps, task), ctx.data.loss, c.probe_lr,
-                                    ctx.data.optimizer)
-            probed = {n: p.detach() for n, p in probe.named_parameters()}
-            moved = {n: (probed[n] - p.detach()).abs().float() for n, p in self.params.items()}
+            probed = fine_tuned_weights(ctx.model, ctx.data.batches(c.probe_steps, task), ctx.data.loss, c.probe_lr,
+                                        ctx.data.optimizer)
+            moved = {n: (probed[n] - local(p).detach()).abs().float() for n, p in self.params.items()}
             core = select_top_fraction(moved, c.rho, normalize=c.normalize == "layer_minmax")
             cores.append(core)
             transplants.append({n: (i, probed[n].reshape(-1)[i], moved[n].reshape(-1)[i]) for n, i in core.items()})
             for n, p in trainable.items():
-                shift[n] += (slerp(p, probed[n], c.omega, c.epsilon) - p.detach().float()).cpu()
-            del probe, probed, moved
+                shift[n] += (slerp(local(p), probed[n], c.omega, c.epsilon) - local(p).detach().float()).cpu()
+            del probed, moved
         if c.fuse:
             self.fuse(trainable, shift, transplants, len(tasks))
         overlap = overlap_matrix(cores, self.sizes)
@@ -131,8 +131,10 @@ class CPIFT(IsolationMethod):
              transplants: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]], count: int) -> None:
         """Non-core entries: mean SLERP shift over tasks; core entries: the probe's own values."""
         for n, p in trainable.items():
+            p = local(p)
             p.copy_((p.float() + shift[n].to(p.device) / count).to(p.dtype))
         for n, p in self.params.items():
+            p = local(p)
             parts = [t[n] for t in transplants if t[n][0].numel()]
             if parts:
                 index, value = strongest([i for i, _, _ in parts], [v for _, v, _ in parts], [s for _, _, s in parts])

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
+from methods.collectives import local, total
 from methods.masks import IsolatedSet, clear_moments, eligible_parameters
-from methods.selection import jaccard, layer_of
+from methods.selection import jaccard, per_layer_counts
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,8 +64,8 @@ class IsolationMethod(Method):
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = eligible_parameters(model, self.config.eligible)
         self.isolated: IsolatedSet = IsolatedSet(self.params)
-        self.sizes = {n: p.numel() for n, p in self.params.items()}
-        self.eligible_count = sum(self.sizes.values())
+        self.sizes = {n: local(p).numel() for n, p in self.params.items()}  # this rank's entries
+        self.eligible_count = sum(p.numel() for p in self.params.values())  # all ranks' entries
         self.trainable_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return model
 
@@ -92,18 +92,16 @@ class IsolationMethod(Method):
         current = self.isolated.index
         if self.first is None:
             self.first = {n: i.clone() for n, i in current.items()}
-        per_layer: Counter[str] = Counter()
-        for name, idx in current.items():
-            per_layer[layer_of(name)] += idx.numel()
-        count = self.isolated.count()
+        per_layer = per_layer_counts(current)
+        count = self.count = sum(per_layer.values())  # over all ranks
         self.refreshes += 1
         self.last_event = {
             "kind": "set_drift", "set": "mask", "index": self.refreshes, "step": step,
             "stage": self.stage, "size": count, "fraction": count / max(self.eligible_count, 1),
-            "added": sum(a.numel() for a in added.values()),
+            "added": int(total(sum(a.numel() for a in added.values()))),
             "jaccard_prev": jaccard(previous, current, self.sizes) if self.refreshes > 1 else None,
             "jaccard_first": jaccard(self.first, current, self.sizes),
-            "per_group": dict(sorted(per_layer.items())),
+            "per_group": per_layer,
         }
         self.events.append(self.last_event)
 
@@ -119,7 +117,7 @@ class IsolationMethod(Method):
         return self.isolated.masks() if hasattr(self, "isolated") else {}
 
     def stats(self) -> dict[str, float]:
-        count = self.isolated.count() if hasattr(self, "isolated") else 0
+        count = getattr(self, "count", 0)
         out = {"isolated": float(count), "density": count / max(getattr(self, "eligible_count", 1), 1),
                "trainable": float(getattr(self, "trainable_total", 0) - count),
                "refreshes": float(self.refreshes)}
@@ -139,3 +137,4 @@ class IsolationMethod(Method):
         self.isolated.load_state_dict(state["isolated"])
         self.first, self.refreshes = state["first"], state["refreshes"]
         self.stage, self.last_event = state["stage"], state["last_event"]
+        self.count = int(total(self.isolated.count()))

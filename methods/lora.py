@@ -34,12 +34,12 @@ class LoRAConfig(MethodConfig):
 
 @register("lora")
 class LoRA(Method):
-    """Injects adapters in ``prepare``; the base weights stay frozen by peft."""
+    """Injects adapters in ``adapt``; the base weights stay frozen by peft."""
 
     Config = LoRAConfig
     config: LoRAConfig
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def adapt(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model  # peft imports take seconds: only when used
 
         c = self.config

@@ -10,6 +10,9 @@
   copied back, so an isolated entry is bit-identical even under AdamW's decoupled weight decay
   and with momentum left over from before it was isolated.
 - ``clear_moments``.
+
+Under sharding (``methods.collectives``) every index is local to this rank's block of the
+tensor, and every operation here acts on local blocks only: no communication, bit-exact.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from methods.collectives import local
 from methods.selection import hits, jaccard, select_top_fraction
 
 __all__ = ["IsolatedSet", "clear_moments", "eligible_parameters", "hits", "indices_to_mask", "jaccard",
@@ -43,6 +47,7 @@ def eligible_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[
 
 def indices_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Bool tensor shaped like ``like``, True at the flat ``index``."""
+    like = local(like)
     mask = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
     mask[index.long()] = True
     return mask.view_as(like)
@@ -54,7 +59,7 @@ def clear_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, index: 
     state = optimizer.state.get(param, {})
     for key in keys:
         if key in state and index.numel():
-            state[key].view(-1).index_fill_(0, index, 0)
+            local(state[key]).view(-1).index_fill_(0, index, 0)
 
 
 class IsolatedSet:
@@ -67,12 +72,16 @@ class IsolatedSet:
         self.values: dict[str, torch.Tensor] = {
             n: torch.empty(0, dtype=p.dtype, device=p.device) for n, p in params.items()}
 
+    def local(self) -> dict[str, torch.Tensor]:
+        """This rank's blocks of the parameters (views, taken anew: FSDP2 may re-point its shards)."""
+        return {n: local(p) for n, p in self.params.items()}
+
     @torch.no_grad()
     def assign(self, index: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Make ``index`` the isolated set (values frozen as they are now); returns, per
         tensor, the entries that were not isolated before (for moment clearing)."""
         added = {}
-        for name, p in self.params.items():
+        for name, p in self.local().items():
             new = index.get(name, self.index[name][:0]).to(device=p.device, dtype=torch.long)
             old = self.index[name]
             added[name] = new[~hits(new, old, p.numel())] if old.numel() else new
@@ -85,12 +94,12 @@ class IsolatedSet:
         """No gradient for isolated entries: they count neither in clipping nor in moments."""
         for name, p in self.params.items():
             if p.grad is not None and self.index[name].numel():
-                p.grad.view(-1).index_fill_(0, self.index[name].long(), 0)
+                local(p.grad).view(-1).index_fill_(0, self.index[name].long(), 0)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Copy frozen values back (undoes weight decay and leftover momentum), bit-exact."""
-        for name, p in self.params.items():
+        for name, p in self.local().items():
             if self.index[name].numel():
                 p.data.view(-1).index_copy_(0, self.index[name].long(), self.values[name])
 
@@ -98,6 +107,7 @@ class IsolatedSet:
         return {n: indices_to_mask(self.index[n], p) for n, p in self.params.items()}
 
     def count(self) -> int:
+        """Isolated entries held by this rank."""
         return sum(i.numel() for i in self.index.values())
 
     def nbytes(self) -> int:

@@ -18,17 +18,20 @@ from collections.abc import Sequence
 
 import torch
 
+from methods.collectives import reduce_
 from methods.selection import jaccard
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, omega: float, epsilon: float) -> torch.Tensor:
-    """SLERP from ``a`` (omega = 0) to ``b`` (omega = 1), computed in fp64, returned in fp32."""
+    """SLERP from ``a`` (omega = 0) to ``b`` (omega = 1), computed in fp64, returned in fp32.
+    ``a`` and ``b`` may be this rank's blocks of sharded tensors: the angle is the whole tensors'."""
     x, y = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
-    nx, ny = x.norm(), y.norm()
+    dots = reduce_(torch.stack([x @ y, x @ x, y @ y]))
+    nx, ny = dots[1].sqrt(), dots[2].sqrt()
     if nx == 0 or ny == 0:
         out = (1 - omega) * x + omega * y
     else:
-        cos = float(torch.clamp(x @ y / (nx * ny), -1.0, 1.0))
+        cos = float(torch.clamp(dots[0] / (nx * ny), -1.0, 1.0))
         if abs(cos) > 1 - epsilon:
             out = (1 - omega) * x + omega * y
         else:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from methods.collectives import local_part
 from methods.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
@@ -28,7 +29,8 @@ class RandomIsolation(RefreshingIsolation):
 
     def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """Uniform noise: a new random mask of the same size at every refresh."""
-        return {n: torch.rand(p.shape, generator=self.generator, device=p.device) for n, p in self.params.items()}
+        return {n: local_part(torch.rand(p.shape, generator=self.generator, device=self.generator.device), p)
+                for n, p in self.params.items()}
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)

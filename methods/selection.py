@@ -8,6 +8,9 @@ user of importance scores (isolation methods, CPI-FT's core regions, the drift a
   only the few candidates left in that range are sorted. The result is exact: exactly
   ``round(rho * N)`` entries, ties at the threshold broken by tensor order then flat index.
   Normalization is never materialized: per-tensor thresholds are mapped into raw units.
+  Sharded scores (``methods.collectives``) select exactly the one-process set: extremes,
+  histograms and counts are all-reduced, and the few candidates left are gathered in the
+  one-process order before the final sort; each rank gets its own local indices back.
 - ``jaccard``: overlap of two selections (flat indices per tensor); ``hits`` its membership test.
 - ``layer_of``: the layer a parameter name belongs to, for per-layer counts.
 """
@@ -18,11 +21,11 @@ import re
 
 import torch
 
+from methods.collectives import gather_ordered, local, rank, reduce_, total
+
 EPS = 1e-12
 _LAYER = re.compile(r"\.(\d+)\.")
 
-
-_LAYER = re.compile(r"\.(\d+)\.")
 
 def layer_of(name: str) -> str:
     """``model.layers.3.mlp.up_proj.weight`` -> ``3``; non-layer tensors keep their last parts."""
@@ -37,32 +40,38 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
     ``exact_below``: the histogram search stops once at most this many candidates remain and
     sorts them (default 2^24 on GPU, where sorting is cheap and each extra pass is not, 2^20 on CPU)."""
     names = list(scores)
-    raws = [scores[n].detach().reshape(-1) for n in names]
+    raws = [local(scores[n]).detach().reshape(-1) for n in names]
+    on = raws[0].device
     if exact_below is None:
         exact_below = 1 << 24 if raws[0].is_cuda else 1 << 20
-    total = sum(r.numel() for r in raws)
-    k = int(round(rho * total))
+    count_all = int(total(sum(r.numel() for r in raws), on))
+    k = int(round(rho * count_all))
     empty = {n: torch.empty(0, dtype=torch.long, device=r.device) for n, r in zip(names, raws)}
     if k <= 0:
         return empty
-    if k >= total:
+    if k >= count_all:
         return {n: torch.arange(r.numel(), device=r.device) for n, r in zip(names, raws)}
-    extremes = torch.stack([torch.stack(torch.aminmax(r)).double() for r in raws]).cpu().tolist()
+    extremes = torch.tensor([[float("inf"), -float("inf")]] * len(raws), dtype=torch.float64, device=on)
+    for i, r in enumerate(raws):
+        if r.numel():  # a rank's block of a small tensor may be empty
+            extremes[i] = torch.stack(torch.aminmax(r)).double()
+    lows, highs = reduce_(extremes[:, 0].contiguous(), "min"), reduce_(extremes[:, 1].contiguous(), "max")
+    extremes = torch.stack([lows, highs], 1).cpu().tolist()
     maps = [(lo, hi - lo + EPS) if normalize else (0.0, 1.0) for lo, hi in extremes]  # normalized = (raw - shift) / scale
 
     def raw(x: float, i: int) -> float:  # normalized threshold -> raw units of tensor i
         return x if x in (-float("inf"), float("inf")) else x * maps[i][1] + maps[i][0]
 
     def count(pred) -> int:  # noqa: ANN001 - pred(raw_tensor, i) -> BoolTensor; one sync per call
-        return int(torch.stack([pred(r, i).sum() for i, r in enumerate(raws)]).sum())
+        return int(reduce_(torch.stack([pred(r, i).sum() for i, r in enumerate(raws)]).sum()))
 
     normed = [((mn - s) / c, (mx - s) / c) for (mn, mx), (s, c) in zip(extremes, maps)]
     lo, hi = min(a for a, _ in normed), max(b for _, b in normed)  # finite, for histc
     lo_b, hi_b = -float("inf"), float("inf")  # exact bounds: the k-th largest lies in [lo_b, hi_b]
-    n_gt, n_ge = 0, total  # exact counts above hi_b and at or above lo_b
+    n_gt, n_ge = 0, count_all  # exact counts above hi_b and at or above lo_b
     while n_ge - n_gt > exact_below and hi > lo:
-        hist = torch.stack([torch.histc(r.float(), bins, raw(lo, i), raw(hi, i))
-                            for i, r in enumerate(raws)]).double().sum(0).cpu()
+        hist = reduce_(torch.stack([torch.histc(r.float(), bins, raw(lo, i), raw(hi, i))
+                                    for i, r in enumerate(raws)]).double().sum(0)).cpu()
         from_top = hist.flip(0).cumsum(0)
         j = bins - 1 - int(torch.searchsorted(from_top, torch.tensor([k - n_gt], dtype=torch.double)))
         width = (hi - lo) / bins
@@ -77,14 +86,30 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
     above = [torch.nonzero(r > raw(hi_b, i)).squeeze(1) for i, r in enumerate(raws)]
     band = [torch.nonzero((r >= raw(lo_b, i)) & (r <= raw(hi_b, i))).squeeze(1)
             for i, r in enumerate(raws)]
-    need = k - sum(a.numel() for a in above)
-    values = torch.cat([(r[b].double() - s) / c for r, b, (s, c) in zip(raws, band, maps)])
-    order = torch.sort(values, descending=True, stable=True).indices[:need]
-    owner = torch.cat([torch.full((b.numel(),), i, device=b.device) for i, b in enumerate(band)])
-    flat = torch.cat(band)
-    picked_owner, picked = owner[order], flat[order]
+    need = k - int(total(sum(a.numel() for a in above), on))
+    # Candidates as (normalized score, tensor, local index) rows, every rank's, in the one-process
+    # order (tensor, then flat index = rank block, then local index): the stable sort then breaks
+    # ties exactly as one process does.
+    rows = torch.cat([torch.stack([(r[b].double() - s) / c, torch.full_like(b, i, dtype=torch.float64),
+                                   b.double()], 1) for i, (r, b, (s, c)) in enumerate(zip(raws, band, maps))])
+    rows, source = gather_ordered(rows)
+    by_tensor = torch.sort(rows[:, 1], stable=True).indices
+    rows, source = rows[by_tensor], source[by_tensor]
+    order = torch.sort(rows[:, 0], descending=True, stable=True).indices[:need]
+    mine = order[source[order] == rank()]
+    picked_owner, picked = rows[mine, 1].long(), rows[mine, 2].long()
     return {n: torch.sort(torch.cat([above[i], picked[picked_owner == i]])).values
             for i, n in enumerate(names)}
+
+
+def per_layer_counts(index: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Selected entries per layer (``layer_of``), over all ranks, in layer order."""
+    counts: dict[str, int] = {}
+    for name, idx in sorted(index.items()):
+        counts[layer_of(name)] = counts.get(layer_of(name), 0) + idx.numel()
+    layers = sorted(counts)
+    on = next(iter(index.values())).device
+    return dict(zip(layers, reduce_(torch.tensor([counts[k] for k in layers], dtype=torch.long, device=on)).tolist()))
 
 
 def hits(index: torch.Tensor, members: torch.Tensor, numel: int) -> torch.Tensor:
@@ -96,16 +121,19 @@ def hits(index: torch.Tensor, members: torch.Tensor, numel: int) -> torch.Tensor
 
 
 def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], sizes: dict[str, int] | None = None) -> float:
-    """|A & B| / |A | B| of two index sets per tensor (1.0 when both are empty); ``sizes`` gives
-    each tensor's number of entries (default: just enough to hold the largest index)."""
-    inter = torch.zeros(())
-    total = 0
-    for name in set(a) | set(b):
+    """|A & B| / |A | B| of two index sets per tensor (1.0 when both are empty), over all ranks
+    when the indices are local to shards; ``sizes`` gives each tensor's (local) number of entries
+    (default: just enough to hold the largest index)."""
+    on = next(iter({**a, **b}.values())).device if a or b else torch.device("cpu")
+    inter = torch.zeros((), device=on)
+    size = 0
+    for name in sorted(set(a) | set(b)):
         x = a.get(name, torch.empty(0, dtype=torch.long))
         y = b.get(name, torch.empty(0, dtype=torch.long, device=x.device)).to(x.device)
-        total += x.numel() + y.numel()
+        size += x.numel() + y.numel()
         if x.numel() and y.numel():
             numel = sizes[name] if sizes else int(max(x.max(), y.max())) + 1
             inter = inter.to(x.device) + hits(x, y, numel).sum()
-    both = int(inter)
-    return 1.0 if total == 0 else both / (total - both)
+    counts = reduce_(torch.stack([inter.double().to(on), torch.tensor(float(size), dtype=torch.float64, device=on)]))
+    both, size = float(counts[0]), float(counts[1])
+    return 1.0 if size == 0 else both / (size - both)

@@ -89,6 +89,7 @@ class TrainInfo:
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)  # saves, bytes, write_s, read_s
     observers: dict[str, Any] = dataclasses.field(default_factory=dict)  # each observer's summary, by name
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by phase (imports, data, model, ...)
+    workers: int = 1  # processes the run was sharded over (train.workers)
 
 
 @dataclasses.dataclass

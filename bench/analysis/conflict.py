@@ -31,6 +31,7 @@ from bench.analysis.options import Options
 from bench.data import StageData
 from bench.observers import Observer, Recorder
 from methods.base import StageContext
+from methods.collectives import local, local_indices, reduce_
 
 GROUPS = (("attention", re.compile(r"attn|attention", re.I)), ("mlp", re.compile(r"mlp|feed_forward|ffn", re.I)),
           ("embedding", re.compile(r"embed|lm_head|wte|wpe", re.I)), ("norm", re.compile(r"norm|\bln", re.I)))
@@ -56,9 +57,12 @@ def cosines(grads: dict[str, dict[str, torch.Tensor]], names: list[str]) -> dict
     """Cosine of every task pair (``"a|b"``) over the parameters ``names``; None for a zero gradient."""
     out: dict[str, float | None] = {}
     for a, b in itertools.combinations(grads, 2):
-        dot = sum(float((grads[a][n] * grads[b][n]).sum(dtype=torch.float64)) for n in names)
-        na = sum(float(grads[a][n].double().pow(2).sum()) for n in names) ** 0.5
-        nb = sum(float(grads[b][n].double().pow(2).sum()) for n in names) ** 0.5
+        sums = torch.zeros(3, dtype=torch.float64, device=grads[a][names[0]].device)
+        for n in names:  # this rank's entries; then summed over the ranks
+            x, y = grads[a][n].double(), grads[b][n].double()
+            sums += torch.stack([(x * y).sum(), x.pow(2).sum(), y.pow(2).sum()])
+        dot, na, nb = reduce_(sums).tolist()
+        na, nb = na ** 0.5, nb ** 0.5
         out[f"{a}|{b}"] = dot / (na * nb) if na and nb else None
     return out
 
@@ -85,8 +89,9 @@ class GradientConflict(Observer):
             total = sum(p.numel() for p in self.params.values())
             generator = torch.Generator().manual_seed(0)
             self.index = {n: torch.randint(p.numel(), (min(p.numel(), max(1, round(
-                self.options.sample * p.numel() / total))),), generator=generator).to(p.device)
+                self.options.sample * p.numel() / total))),), generator=generator).to(local(p).device)
                 for n, p in self.params.items()}
+            self.index = {n: local_indices(i, self.params[n]) for n, i in self.index.items()}  # this rank's
 
     def on_stage_start(self, ctx: StageContext) -> None:
         self.stage = ctx.stage
@@ -115,7 +120,9 @@ class GradientConflict(Observer):
 
     def kept(self, name: str, p: nn.Parameter) -> torch.Tensor:
         """The fp32 gradient of ``p`` (zeros if none), or its sampled entries."""
-        grad = p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+        block = local(p)
+        grad = (local(p.grad).detach().reshape(-1) if p.grad is not None
+                else torch.zeros(block.numel(), device=block.device))
         return (grad[self.index[name]] if self.index is not None else grad).float().clone()
 
     def measure(self, step: int, model: nn.Module) -> None:

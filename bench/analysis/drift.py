@@ -17,7 +17,6 @@ Cost: one fused EMA update per step (4 bytes per trainable parameter of state; n
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from typing import Any
 
 import torch
@@ -28,7 +27,8 @@ from bench.data import StageData
 from bench.observers import Observer, Recorder
 from methods.base import StageContext
 from methods.importance import GradSquaredEMA, second_moment
-from methods.selection import jaccard, layer_of, select_top_fraction
+from methods.collectives import local, reduce_
+from methods.selection import jaccard, per_layer_counts, select_top_fraction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,7 +84,8 @@ class ImportanceDrift(Observer):
     def attach(self, model: nn.Module) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.ema = GradSquaredEMA(self.params if self.options.source == "ema" else {}, self.options.beta)
-        self.sizes = {n: p.numel() for n, p in self.params.items()}
+        self.sizes = {n: local(p).numel() for n, p in self.params.items()}  # this rank's entries
+        self.entries = sum(p.numel() for p in self.params.values())  # all ranks' entries
 
     def on_stage_start(self, ctx: StageContext) -> None:
         self.stage = ctx.stage
@@ -104,18 +105,17 @@ class ImportanceDrift(Observer):
             n: second_moment(optimizer, p) for n, p in self.params.items()}
         top = {n: i.to(torch.int32) for n, i in
                select_top_fraction(scores, self.options.rho, normalize=self.options.normalize).items()}
-        means = [float(v.mean()) for v in scores.values()]
-        per_layer: Counter[str] = Counter()
-        for name, idx in top.items():
-            per_layer[layer_of(name)] += idx.numel()
-        size = sum(i.numel() for i in top.values())
+        sums = reduce_(torch.stack([v.double().sum() for v in scores.values()]))
+        means = [float(t) / self.params[n].numel() for n, t in zip(scores, sums)]
+        per_layer = per_layer_counts(top)
+        size = sum(per_layer.values())
         self.first = self.first if self.first is not None else top
         record = {"kind": "set_drift", "set": f"importance top-{self.options.rho:g}", "index": len(self.recorder.records) + 1,
-                  "step": step, "stage": self.stage, "size": size, "fraction": size / max(sum(self.sizes.values()), 1),
+                  "step": step, "stage": self.stage, "size": size, "fraction": size / max(self.entries, 1),
                   "jaccard_prev": jaccard(self.previous, top, self.sizes) if self.previous is not None else None,
                   "jaccard_first": jaccard(self.first, top, self.sizes),
                   "spearman_prev": spearman(self.previous_means, means) if self.previous_means else None,
-                  "per_group": dict(sorted(per_layer.items()))}
+                  "per_group": per_layer}
         self.previous, self.previous_means = top, means
         self.recorder.add(record, kept={k: v for k, v in record.items() if k != "per_group"})
 

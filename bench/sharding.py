@@ -1,0 +1,141 @@
+"""How one run spans several processes: PyTorch's FSDP2 (``fully_shard``), data-parallel.
+
+``Sharding`` is the Trainer's part for it. Without a process group (one process, the default) it
+leaves the model whole and every function here is the plain one-process operation. With one
+(``train.workers = N``: Ray Train starts N workers and initializes it, ``bench.workers``):
+
+- ``shard``: ``fully_shard`` on every decoder layer (the classes the model lists in
+  ``_no_split_modules``), then on the root, on a 1-D device mesh over all ranks, with the
+  precision's ``MixedPrecisionPolicy`` (compute in the autocast dtype, gradients reduced in
+  fp32, master shards in the parameter dtype). Rank 0 first keeps a whole copy in host memory
+  for evaluation (``evaluation_model``).
+- the step: every rank draws the same rows; the step's micro-batches are dealt out in
+  contiguous blocks (``train.grad_accum`` is the number of micro-batches of the whole step and a
+  multiple of the workers), so N workers compute exactly the micro-batches one process would.
+  The loss is divided by the step's answer tokens over all rows and scaled by N, which FSDP2's
+  averaging reduce-scatter undoes: the gradient is the one-process gradient. Gradients are
+  reduced once per step (``sync``), and clipping uses the global norm (``clip``).
+- a method's own forward/backward passes (calibration, probes) run the same batch on every rank:
+  the averaged gradient is again the one-process one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+from bench.precision import Precision
+
+T = TypeVar("T")
+
+class Sharding:
+    """FSDP2 over the default process group, or nothing when there is none."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.workers = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.workers > 1 else 0
+        self.device = device
+        self.replica: nn.Module | None = None  # rank 0's whole copy, for evaluation
+
+    @property
+    def active(self) -> bool:
+        return self.workers > 1
+
+    @property
+    def writes(self) -> bool:
+        """Only rank 0 writes files (results, logs, checkpoints, base scores)."""
+        return self.rank == 0
+
+    def on_writer(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0 only (it may write files), its value sent to every rank."""
+        if not self.active:
+            return fn()
+        box = [fn() if self.writes else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]  # type: ignore[return-value]
+
+    def writer_first(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0, then on the others (which then read what rank 0 wrote)."""
+        if self.writes:
+            value = fn()
+        if self.active:
+            dist.barrier()
+        return value if self.writes else fn()
+
+    def shard(self, model: nn.Module, precision: Precision) -> nn.Module:
+        """``fully_shard`` per decoder layer, then the root; the model unchanged in one process."""
+        if not self.active:
+            return model
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        if self.writes:
+            self.replica = copy.deepcopy(model).to("cpu")
+        mesh = init_device_mesh(self.device.type, (self.workers,))
+        policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
+        blocks = decoder_layer_classes(model)
+        for module in list(model.modules()):
+            if type(module).__name__ in blocks:
+                fully_shard(module, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        return model
+
+    def my_share(self, micro: Sequence[Any]) -> Sequence[Any]:
+        """This rank's contiguous block of the step's micro-batches."""
+        per = len(micro) // self.workers
+        return micro[self.rank * per:(self.rank + 1) * per]
+
+    def sync(self, model: nn.Module, last: bool) -> None:
+        """Reduce gradients after the last micro-batch of the step only."""
+        if self.active:
+            model.set_requires_gradient_sync(last)  # type: ignore[operator]
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            dist.all_reduce(value)
+        return value
+
+    def clip(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip to ``max_norm`` by the norm of all ranks' gradients together; returns that norm."""
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+        """The whole model for evaluation: ``model`` itself in one process; sharded, every rank
+        takes part in gathering the full state, rank 0 loads it into its host copy and gets it
+        back on its device, the other ranks get None."""
+        if not self.active:
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.replica is None:
+            return None
+        self.replica.load_state_dict(state)
+        return self.replica.to(self.device)
+
+    def after_evaluation(self) -> None:
+        """Rank 0's copy back to host memory; every rank waits for rank 0's evaluation."""
+        if self.replica is not None:
+            self.replica.to("cpu")
+        if self.active:
+            dist.barrier()
+
+
+def decoder_layer_classes(model: nn.Module) -> set[str]:
+    """Class names of the repeated blocks (transformers' ``_no_split_modules``)."""
+    for module in model.modules():
+        names = getattr(module, "_no_split_modules", None)
+        if names:
+            return set(names)
+    raise ValueError(f"{type(model).__name__} names no decoder layer class (_no_split_modules): cannot shard it")
