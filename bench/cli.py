@@ -79,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: cannot write results under {config.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
-    result = execute(config, force=args.force, restart=args.restart)
+    if config.train.workers > 1:
+        result = run_sharded(config, args)
+    else:
+        result = execute(config, force=args.force, restart=args.restart)
     error = result.run.error
     print(f"{result.run.run_id}: {result.run.status}"
           + (f" ({error.type}: {error.message}, step {error.step})" if error else ""))
@@ -88,6 +91,28 @@ def cmd_run(args: argparse.Namespace) -> int:
               + "  ".join(f"{t}={'n/a' if s is None else f'{s:.1f}'}" for t, s in stage.scores.items()))
     print(f"result: {config.run_dir / 'result.json'}")
     return 0 if result.ok else 1
+
+
+def run_sharded(config: Any, args: argparse.Namespace) -> Any:
+    """``train.workers`` Ray Train workers on a local Ray (or the cluster at $RAY_ADDRESS)."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from bench.ray_grid import start_ray, stop_ray
+    from bench.workers import launch
+
+    address = os.environ.get("RAY_ADDRESS")
+    w = config.train.workers
+    cpus = float(os.cpu_count() or w)
+    per_run = {"gpu": float(w), "cpu": cpus} if torch.cuda.is_available() else {"cpu": cpus}
+    print(f"sharded over {w} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}", file=sys.stderr)
+    temp_dir = start_ray(Path(config.results_dir) / config.study, address, verbose=False)
+    try:
+        return launch(config, per_run, force=args.force, restart=args.restart, progress=False)
+    finally:
+        stop_ray(address, temp_dir)
 
 
 def cmd_grid(args: argparse.Namespace) -> int:

@@ -70,7 +70,8 @@ BACKBONES: Registry[Backbone] = Registry("backbone", re.compile(r"^[A-Za-z0-9][A
 
 
 def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's accelerator (a sharded run's worker: the GPU Ray Train gave it), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def byte_tokenizer() -> PreTrainedTokenizerBase:

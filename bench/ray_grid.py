@@ -8,8 +8,12 @@
   the run's checkpoint), then recorded as failed here, from Ray's error.
 - A cell with a checkpoint but no successful result resumes from it on the next invocation
   (``--restart`` discards checkpoints).
-- Resources: 1 GPU per trial when GPUs are visible, else 1 CPU (``[grid] resources`` overrides);
-  torch threads = CPUs of the trial, so CPU trials do not oversubscribe cores.
+- Resources: per trial, ``train.workers`` GPUs (and as many CPUs) when GPUs are visible, else
+  ``train.workers`` CPUs (``[grid] resources`` overrides); torch threads = CPUs of the trial (or
+  of the worker), so CPU trials do not oversubscribe cores.
+- A sharded cell (``train.workers`` > 1) runs as Ray Train V2's Train-inside-Tune: its Tune trial
+  is a small driver holding no CPU or GPU, which starts a ``TorchTrainer`` whose workers hold the
+  trial's resources (``bench.workers``).
 - ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started
   in a study-specific temp dir, and Ray processes orphaned there by a killed driver are reaped.
 """
@@ -45,12 +49,20 @@ def cell_status(config: RunConfig) -> str:
     return "missing" if result is None else result.run.status
 
 
-def resources(grid: Grid) -> dict[str, float]:
+def resources(grid: Grid, cell: RunConfig) -> dict[str, float]:
+    """What one trial of ``cell`` holds: ``[grid] resources``, else a GPU and a CPU per worker
+    when GPUs are visible, else a CPU per worker."""
     if grid.spec.resources:
         return {k: float(v) for k, v in grid.spec.resources.items()}
     import torch
 
-    return {"gpu": 1.0, "cpu": 1.0} if torch.cuda.is_available() else {"cpu": 1.0}
+    w = float(cell.train.workers)
+    return {"gpu": w, "cpu": w} if torch.cuda.is_available() else {"cpu": w}
+
+
+# A sharded cell's Tune trial only drives its TorchTrainer: one byte of memory, because Ray
+# refuses an empty request and any CPU it held would be missing for the trainer's workers.
+DRIVER = {"memory": 1.0}
 
 
 def plans(grid: Grid, device_bytes: int | None) -> list[Plan | None]:
@@ -67,9 +79,11 @@ def plans(grid: Grid, device_bytes: int | None) -> list[Plan | None]:
 
 def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
     """Two lines per cell (for ``--dry-run``): the cell, and its memory plan."""
-    res_text = ", ".join(f"{k}={v:g}" for k, v in resources(grid).items())
     lines = []
     for i, (c, plan) in enumerate(zip(grid.cells, plans(grid, device_bytes))):
+        res_text = ", ".join(f"{k}={v:g}" for k, v in resources(grid, c).items())
+        if c.train.workers > 1:
+            res_text += f" over {c.train.workers} workers"
         opts = ",".join(f"{k}={v}" for k, v in sorted(c.method.options.items())) or "-"
         lines.append(f"{i:3d} {c.run_id:28s} {cell_status(c):8s} {c.backbone.name:20s} {c.regime:10s} "
                      f"{c.method.name:17s} seed={c.seed} opts={opts} [{res_text}]")
@@ -93,7 +107,6 @@ def _trial(space: dict[str, Any]) -> None:
 
     from bench.run import execute
 
-    torch.set_num_threads(max(1, int(space["threads"])))
     config = from_dict(RunConfig, space["cell"], "<grid cell>")
     ident = {"run_id": config.run_id, "method": config.method.name, "seed": config.seed,
              "stages": cell_steps(config)[0]}
@@ -101,8 +114,14 @@ def _trial(space: dict[str, Any]) -> None:
     def report(record: dict[str, Any]) -> None:
         tune.report({**ident, **{k: v for k, v in record.items() if isinstance(v, int | float)}})
 
-    result = execute(config, progress=False, restart=space["restart"], listeners=[report],
-                     timing={"setup_s": time.perf_counter() - start})
+    if config.train.workers > 1:
+        from bench.workers import launch
+
+        result = launch(config, space["resources"][config.run_id], restart=space["restart"], progress=False)
+    else:
+        torch.set_num_threads(max(1, int(space["resources"][config.run_id].get("cpu", 1))))
+        result = execute(config, progress=False, restart=space["restart"], listeners=[report],
+                         timing={"setup_s": time.perf_counter() - start})
     tune.report({**ident, "status_success": float(result.ok)})
 
 
@@ -129,6 +148,34 @@ def reap(temp_dir: Path) -> int:
     return killed
 
 
+def start_ray(study_dir: Path, address: str | None, verbose: bool) -> Path:
+    """Join the cluster at ``address``, or start a local Ray in a study-specific temp dir
+    (reaping Ray processes a killed driver left there); returns that temp dir."""
+    import ray
+
+    temp_dir = _ray_temp_dir(study_dir)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    if not verbose:  # Ray's banner, trial table and hints; the status blocks say what matters
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        reap(temp_dir)
+        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **quiet,
+                 runtime_env={"env_vars": {"TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"}})
+    return temp_dir
+
+
+def stop_ray(address: str | None, temp_dir: Path) -> None:
+    import ray
+
+    ray.shutdown()
+    if not address:
+        reap(temp_dir)
+
+
 def check_resources(per_trial: dict[str, float], address: str | None) -> None:
     """On a local Ray, a trial cannot ask for more than this machine has."""
     if address:
@@ -147,7 +194,8 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
     """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
     Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
     address = address or os.environ.get("RAY_ADDRESS")
-    check_resources(resources(grid), address)
+    for cell in grid.cells:
+        check_resources(resources(grid, cell), address)
     with study_lock(grid.study_dir.resolve()):
         too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
         for cell, _ in too_big:
@@ -178,7 +226,6 @@ def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
 
 
 def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool) -> dict[str, int]:
-    import ray
     from ray import tune
 
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
@@ -200,19 +247,13 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     for cell in firsts.values():  # once per backbone (and seed of a random-init one), before any trial
         print(f"[grid] base scores of {cell.backbone.name}", file=sys.stderr, flush=True)
         ensure_base_scores(cell)
-    per_trial = resources(grid)
-    temp_dir = _ray_temp_dir(study_dir)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    if not verbose:  # Ray's banner, trial table and hints; the status blocks say what matters
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        reap(temp_dir)
-        ray.init(include_dashboard=False, _temp_dir=str(temp_dir), **quiet,
-                 runtime_env={"env_vars": {"TQDM_DISABLE": "1", "RAY_AUTH_MODE": "disabled"}})
+    per_trial = {c.run_id: resources(grid, c) for c in todo}
+
+    def trial_resources(space: dict[str, Any]) -> dict[str, float]:
+        cell = from_dict(RunConfig, space["cell"], "<grid cell>")
+        return DRIVER if cell.train.workers > 1 else per_trial[cell.run_id]
+
+    temp_dir = start_ray(study_dir, address, verbose)
     progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
 
     class Callback(tune.Callback):
@@ -230,10 +271,11 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
 
     cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
     try:
-        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {per_trial} per trial", file=sys.stderr)
+        kinds = sorted({json.dumps(r, sort_keys=True) for r in per_trial.values()})
+        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {' or '.join(kinds)} per trial", file=sys.stderr)
         tuner = tune.Tuner(
-            tune.with_resources(_trial, per_trial),
-            param_space={"cell": tune.grid_search(cells), "threads": per_trial.get("cpu", 1), "restart": restart},
+            tune.with_resources(_trial, trial_resources),
+            param_space={"cell": tune.grid_search(cells), "resources": per_trial, "restart": restart},
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None,
                                         reuse_actors=True),  # no second round of imports per trial
             run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -252,9 +294,7 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
                         print(f"[grid] {cell.run_id} failed ({type(r.error).__name__}: {str(r.error)[-300:]}) and its "
                               f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
     finally:
-        ray.shutdown()
-        if not address:
-            reap(temp_dir)
+        stop_ray(address, temp_dir)
     # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
     unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
