@@ -123,6 +123,10 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if grid is None:
         return 2
     device_bytes = _device_bytes(args)
+    if device_bytes is None and grid.spec.device_memory:
+        from bench.memory_plan import parse_size
+
+        device_bytes = parse_size(grid.spec.device_memory)
     from bench.precision import missing_package
 
     missing = sorted({m for c in grid.cells if (m := missing_package(c.train.precision))})

@@ -12,7 +12,8 @@ config and therefore the same run id.
     regimes = ["sequential"]            # default: the file's regime
     max_concurrent_trials = 2           # default: as many as resources allow
     max_failures = 1                    # Ray retries of a trial whose process died (resumes from its checkpoint)
-    resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU if visible, else 1 CPU
+    resources = { cpu = 1, gpu = 0 }    # per trial; default: 1 GPU (if visible) and 1 CPU per train.workers
+    device_memory = "80GiB"             # the GPU the memory plan is for (default: the visible one)
     [grid.method_options.lora]
     r = [8, 16]                         # a list = an axis; a scalar = a fixed option
     target_modules = [["q_proj", "v_proj"]]   # a list-valued option: wrapped in one more list
@@ -58,6 +59,7 @@ class GridSpec:
     max_failures: int = 1
     loggers: list[str] = dataclasses.field(default_factory=list)  # mlflow, wandb (tensorboard is always on)
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device_memory: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +131,14 @@ def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, A
             raise ConfigError(f"{where}: unknown key grid.resources.{res}; allowed: cpu, gpu")
         if isinstance(count, bool) or not isinstance(count, int | float) or not math.isfinite(count) or count < 0:
             raise ConfigError(f"{where}: bad value {count!r} for key 'grid.resources.{res}'; allowed: a number >= 0")
+    if spec.device_memory:
+        from bench.memory_plan import parse_size
+
+        try:
+            parse_size(spec.device_memory)
+        except ValueError as e:
+            raise ConfigError(f"{where}: bad value {spec.device_memory!r} for key 'grid.device_memory'; "
+                              f"allowed: e.g. 80GiB, 80GB, 81920MiB") from e
     for name in spec.loggers:
         if name not in ("tensorboard", "mlflow", "wandb"):
             raise ConfigError(f"{where}: bad value {name!r} in key 'grid.loggers'; allowed: tensorboard, mlflow, wandb")

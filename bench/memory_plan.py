@@ -17,8 +17,18 @@ Terms (bytes):
   and one layer at a time is recomputed in full; plus the output layer on answer positions
   (assumed half of the tokens) x vocabulary x 12 bytes (bf16 logits, their fp32 copy for the
   loss, and both gradients).
+Sharded over W workers (``train.workers``, FSDP2), every term but the activations is per GPU:
+parameters, gradients, optimizer, method and analysis state are divided by W (each rank holds a
+1/W block of every tensor), and two terms are added:
+- gathered: FSDP2's unsharded working set: the root group (embeddings, final norm, output layer)
+  gathered for the whole step, two decoder layers at a time (the current one and the prefetched
+  next), each in the compute dtype, plus their gradients reduced in fp32;
+- evaluation: rank 0's whole copy of the model, moved to its GPU while it evaluates a stage.
+  Training activations are freed by then, so the peak is state + max(activations + gathered,
+  evaluation).
 A cell fits when the total is at most 95% of the device memory (the rest for the CUDA context
-and fragmentation). Not calibrated on a GPU yet: see docs/perf.md.
+and fragmentation). ``workers_to_fit`` finds the smallest power-of-two W that fits. Not
+calibrated on a GPU for W > 1 yet: see docs/perf.md.
 """
 
 from __future__ import annotations
@@ -53,22 +63,33 @@ class Plan:
     activations: int
     device_bytes: int | None  # None: no accelerator to compare with
     analysis: int = 0  # the [analysis] observers' state
+    workers: int = 1  # train.workers: every term is per GPU
+    gathered: int = 0  # FSDP2's unsharded working set (W > 1)
+    evaluation: int = 0  # rank 0's whole copy while it evaluates (W > 1)
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + self.optimizer + self.method + self.activations + self.analysis
+        state = self.parameters + self.gradients + self.optimizer + self.method + self.analysis
+        return state + max(self.activations + self.gathered, self.evaluation)
 
     @property
     def fits(self) -> bool | None:
         return None if self.device_bytes is None else self.total <= HEADROOM * self.device_bytes
 
     def line(self) -> str:
-        parts = " + ".join(f"{k} {getattr(self, k) / GiB:.1f}" for k in
-                           ("parameters", "gradients", "optimizer", "method", "activations")
+        def gib(k: str) -> str:
+            return f"{k} {getattr(self, k) / GiB:.1f}"
+
+        parts = " + ".join(gib(k) for k in ("parameters", "gradients", "optimizer", "method")
                            + (("analysis",) if self.analysis else ()))
+        if self.workers > 1:
+            parts += f" + max({gib('activations')} + {gib('gathered')}, {gib('evaluation')})"
+        else:
+            parts += " + " + gib("activations")
         device = "no device given (--device-memory)" if self.device_bytes is None else \
             f"{'fits' if self.fits else 'DOES NOT FIT'} {self.device_bytes / GiB:.0f} GiB"
-        return f"plan GiB: {parts} = {self.total / GiB:.1f}; {device}"
+        where = f"per GPU of {self.workers} workers" if self.workers > 1 else "GiB"
+        return f"plan {where}: {parts} = {self.total / GiB:.1f}; {device}"
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total": self.total, "fits": self.fits}
@@ -123,11 +144,29 @@ def activation_bytes(shape: dict[str, Any], tokens: int, act_bytes: int, checkpo
     return int(kept + ANSWER_FRACTION * tokens * vocab * 12)
 
 
-def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
-    """The plan of one cell on one accelerator (None when the backbone's shape is unknown offline)."""
+def gathered_bytes(model: torch.nn.Module, compute_bytes: int) -> int:
+    """FSDP2's unsharded working set: the root group for the whole step and two decoder layers,
+    in the compute dtype, plus their gradients reduced in fp32."""
+    from bench.sharding import decoder_layer_classes
+
+    blocks = decoder_layer_classes(model)
+    layers = [m for m in model.modules() if type(m).__name__ in blocks]
+
+    def size(params: list[torch.nn.Parameter]) -> int:
+        return sum(p.numel() * compute_bytes + (p.numel() * 4 if p.requires_grad else 0) for p in params)
+
+    in_layers = {id(p) for m in layers for p in m.parameters()}
+    root = size([p for p in model.parameters() if id(p) not in in_layers])
+    return root + 2 * max((size(list(m.parameters())) for m in layers), default=0)
+
+
+def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None = None) -> Plan | None:
+    """The plan of one cell per accelerator, on ``workers`` GPUs (default ``train.workers``);
+    None when the backbone's shape is unknown offline."""
     shape = shape_of(config.backbone.name)
     if shape is None:
         return None
+    w = workers or config.train.workers
     precision = Precision.from_config(config.train.precision, torch.device("cuda"))
     model = meta_model(shape, precision.param_dtype)
     method = methods.build(config.method.name, config.method.options)
@@ -138,14 +177,30 @@ def plan_cell(config: RunConfig, device_bytes: int | None) -> Plan | None:
     grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
     micro = config.train.batch_size // config.train.grad_accum
     optimizer_bytes = sum(precision.optimizer_state_bytes(p) for p in trainable)
-    return Plan(param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes(),
+    state = [param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes()]
+    analysis_bytes = analysis.planned_bytes(dataclasses.asdict(config.analysis), sum(p.numel() for p in trainable),
+                                            len(config.tasks.names))
+    sharded = w > 1
+    return Plan(*(-(-b // w) for b in state),
                 activation_bytes(shape, micro * config.train.max_length, precision.activation_bytes,
                                  config.train.activation_checkpointing),
-                device_bytes, analysis.planned_bytes(dataclasses.asdict(config.analysis),
-                                                     sum(p.numel() for p in trainable), len(config.tasks.names)))
+                device_bytes, -(-analysis_bytes // w), workers=w,
+                gathered=gathered_bytes(model, precision.activation_bytes) if sharded else 0,
+                evaluation=param_bytes if sharded else 0)
 
 
-def knobs(config: RunConfig) -> str:
+def workers_to_fit(config: RunConfig, device_bytes: int, most: int = 64) -> int | None:
+    """The smallest power-of-two number of workers whose per-GPU plan fits, or None."""
+    w = 1
+    while w <= most:
+        plan = plan_cell(config, device_bytes, w)
+        if plan is None or plan.fits:
+            return w if plan is not None else None
+        w *= 2
+    return None
+
+
+def knobs(config: RunConfig, device_bytes: int | None = None) -> str:
     """What could make a cell fit, in the order a user would try them."""
     out = []
     policy = Precision.from_config(config.train.precision, torch.device("cuda"))
@@ -157,7 +212,10 @@ def knobs(config: RunConfig) -> str:
     micro = config.train.batch_size // config.train.grad_accum
     if micro > 1:
         out.append(f"a smaller micro-batch (train.grad_accum > {config.train.grad_accum}; now {micro} rows)")
-    out.append("more GPUs per trial (FSDP2 sharding: not available yet)")
+    if device_bytes:
+        w = workers_to_fit(config, device_bytes)
+        out.append(f"train.workers = {w} (FSDP2 over {w} GPUs; train.grad_accum a multiple of it)" if w and
+                   w > config.train.workers else "no number of workers up to 64 is enough as configured")
     return "; ".join(out)
 
 
@@ -167,5 +225,5 @@ def check_fits(config: RunConfig, device_bytes: int | None) -> Plan | None:
     if plan is not None and plan.fits is False:
         raise DoesNotFit(f"{config.run_id} ({config.backbone.name}, {config.method.name}, {config.train.precision}) "
                          f"needs {plan.total / GiB:.1f} GiB but the device has {plan.device_bytes / GiB:.0f} GiB "
-                         f"({plan.line()}). Knobs that would make it fit: {knobs(config)}")
+                         f"({plan.line()}). Knobs that would make it fit: {knobs(config, device_bytes)}")
     return plan

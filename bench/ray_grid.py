@@ -88,7 +88,7 @@ def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
         lines.append(f"{i:3d} {c.run_id:28s} {cell_status(c):8s} {c.backbone.name:20s} {c.regime:10s} "
                      f"{c.method.name:17s} seed={c.seed} opts={opts} [{res_text}]")
         lines.append("      " + (plan.line() if plan else "plan: unknown (no shape for this backbone offline)")
-                     + ("" if not plan or plan.fits is not False else f"; knobs: {knobs(c)}"))
+                     + ("" if not plan or plan.fits is not False else f"; knobs: {knobs(c, device_bytes)}"))
     return lines
 
 

@@ -203,3 +203,27 @@ def test_wandb_logger_writes_an_offline_run_with_the_curves(tmp_path, monkeypatc
     runs = list((tmp_path / "results" / "g" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert b"loss" in runs[0].read_bytes()  # the per-step curves, in W&B's offline record format
+
+
+def test_grid_runs_a_sharded_cell_on_two_ray_train_workers_like_one_process(tmp_path, capsys):
+    """``train.workers = 2``: the trial is a Ray Tune driver that starts a 2-worker TorchTrainer
+    (gloo, FSDP2); its result matches the same cell run in one process."""
+    extra = "[grid.method_options.epi]\nrefresh_every = 1\nrho = 0.05"
+    path = grid_file(tmp_path, methods=("epi",), extra=extra)
+    sharded = ["--set", "train.workers=2", "--set", "train.grad_accum=2"]
+    assert main(["grid", "--dry-run", str(path), *sharded]) == 0
+    assert "cpu=1 over 2 workers" in capsys.readouterr().out
+    assert main(["grid", str(path), *sharded]) == 0
+    (run_id, two), = statuses(tmp_path).items()
+    assert two["run"]["status"] == "success" and two["train"]["workers"] == 2
+    alone = tmp_path / "alone"
+    assert main(["run", str(path), "--set", "train.grad_accum=2", "--set", f"results_dir={alone}"]) == 0
+    one = json.loads((alone / "g" / run_id / "result.json").read_text())  # workers: not part of the run id
+    assert one["train"]["workers"] == 1
+    assert [s["scores"] for s in two["evaluation"]["stages"]] == [s["scores"] for s in one["evaluation"]["stages"]]
+    assert two["train"]["summary"]["loss_last"] == pytest.approx(one["train"]["summary"]["loss_last"], abs=1e-5)
+
+    def events(root: Path) -> list[dict]:
+        return [json.loads(line) for line in (root / run_id / "events" / "method.jsonl").read_text().splitlines()]
+
+    assert events(tmp_path / "results" / "g") == events(alone / "g") != []
