@@ -10,6 +10,9 @@ model FLOPs utilization of the first variant (6 x params x tokens / step time / 
 The variants are read from ``configs/perf/variants.toml`` (``--variants-file``); a variant's
 ``analysis`` table adds the analyses' observers (``bench.analysis``), whose cost then shows as a
 step-time ratio (with ``every = 1`` the ratio is the cost of one measurement per step).
+``--fsdp`` runs every variant a second time as a 1-worker FSDP2 trial (``bench.sharding`` in a
+one-process group: ``fully_shard`` per layer and root, the precision's MixedPrecisionPolicy),
+labelled ``<variant> fsdp``, so FSDP2's own cost shows as a ratio on the same device.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bench.config import TrainConfig
 from bench.data import IGNORE, Feature, StageData, Stream
 from bench.models import load_backbone, resolve
 from bench.precision import POLICIES, Precision
+from bench.sharding import Sharding
 from bench.train import Trainer
 from methods.base import tensor_bytes
 
@@ -91,7 +95,7 @@ def sync(on: torch.device) -> None:
 
 
 def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
-            rows: list[Feature], steps: int) -> dict[str, Any]:
+            rows: list[Feature], steps: int, fsdp: bool = False) -> dict[str, Any]:
     """Fresh model + method, ``args.warmup`` untimed steps, then ``steps`` timed steps."""
     label, name, options, analyses = variant
     gc.collect()
@@ -107,7 +111,7 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     tasks = {f"synthetic-{k}": rows[k::ANALYSIS_TASKS] for k in range(ANALYSIS_TASKS)}
     everything = StageData(-1, tasks, args.batch, tokenizer.pad_token_id or 0, on, 0, False, precision)
     trainer = Trainer(model, method, config, tokenizer.pad_token_id or 0, precision, progress=False,
-                      observers=analysis.build(analyses, everything))
+                      observers=analysis.build(analyses, everything), sharding=Sharding(on, enabled=fsdp))
     data = StageData(0, {"synthetic": rows}, args.batch, tokenizer.pad_token_id or 0, on, 0, False, precision)
     trainer.start_stage(0, data, Stream({"synthetic": rows}, 0, False), args.warmup + steps)
     batches = [rows[(i * args.batch) % (len(rows) - args.batch):][:args.batch] for i in range(args.warmup + steps)]
@@ -129,7 +133,7 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     checkpoint = checkpoint_cost(trainer) if args.checkpoint_every else None
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
-    out = {"variant": label, "method": name, "options": options, "params": n_params, "step_times_s": times,
+    out = {"variant": label + (" fsdp" if fsdp else ""), "method": name, "options": options, "params": n_params, "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
            "state_bytes": state, "operations_s": operations, "checkpoint": checkpoint,
            "tokens_per_step": sum(len(r[0]) for r in batches[-1])}
@@ -157,8 +161,8 @@ def summarize(raw: dict[str, list[dict[str, Any]]], on: torch.device) -> list[di
     if on.type == "cuda":
         name = torch.cuda.get_device_name(0)
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-        if peak:
-            base["mfu"] = 6 * base["params"] * base["tokens_per_s"] / peak
+        for r in rows if peak else []:
+            r["mfu"] = 6 * r["params"] * r["tokens_per_s"] / peak
     return rows
 
 
@@ -192,9 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="", help="comma-separated labels of a subset (the first variant always runs)")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also time one in-run checkpoint per variant and print its overhead at this interval")
+    p.add_argument("--fsdp", action="store_true", help="also run every variant as a 1-worker FSDP2 trial")
     p.add_argument("--json", default="perf.json", help="where to write the raw and summarized numbers")
     args = p.parse_args(argv)
     on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.fsdp:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if on.type == "cuda" else "gloo", init_method=f"file://{tempfile.mkdtemp()}/group",
+                                rank=0, world_size=1)
     variants = read_variants(Path(args.variants_file))
     chosen = [v for v in variants if not args.variants or v[0] in args.variants.split(",")]
     if not chosen or chosen[0] is not variants[0]:
@@ -202,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     # Token ids below every backbone's vocabulary (the ids' values do not change the cost).
     vocab = (resolve(args.backbone).shape or {}).get("vocab_size", 32000)
     rows = synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0)
-    raw: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in chosen}
+    runs = [(v, fsdp) for v in chosen for fsdp in ((False, True) if args.fsdp else (False,))]
+    raw: dict[str, list[dict[str, Any]]] = {}
     per_round = max(1, args.steps // args.rounds)
     for r in range(args.rounds):
-        for v in chosen:
-            print(f"round {r + 1}/{args.rounds}: {v[0]}", flush=True)
-            raw[v[0]].append(measure(v, args, on, rows, per_round))
+        for v, fsdp in runs:
+            print(f"round {r + 1}/{args.rounds}: {v[0]}{' fsdp' if fsdp else ''}", flush=True)
+            out = measure(v, args, on, rows, per_round, fsdp)
+            raw.setdefault(out["variant"], []).append(out)
     summary = summarize(raw, on)
     device = torch.cuda.get_device_name(0) if on.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     header = (f"backbone {args.backbone}, {summary[0]['params'] / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, "
@@ -221,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"{100 * r['checkpoint']['write_s'] / (args.checkpoint_every * r['median_step_s']):.1f}%"] for r in summary]
         print(tabulate(rows, headers=["variant", "checkpoint MiB", "write s", "read s",
                                       f"overhead at every {args.checkpoint_every} steps"], tablefmt="github"))
-    if "mfu" in summary[0]:
-        print(f"{summary[0]['variant']} model FLOPs utilization: {100 * summary[0]['mfu']:.1f}%")
+    for r in summary:
+        if "mfu" in r:
+            print(f"{r['variant']} model FLOPs utilization: {100 * r['mfu']:.1f}%")
     with open(args.json, "w") as f:
         json.dump({"header": header, "args": vars(args), "summary": summary, "raw": raw}, f, indent=2)
     return 0

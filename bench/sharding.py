@@ -37,15 +37,15 @@ T = TypeVar("T")
 class Sharding:
     """FSDP2 over the default process group, or nothing when there is none."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.workers = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.workers > 1 else 0
+    def __init__(self, device: torch.device, enabled: bool | None = None) -> None:
+        """``enabled``: shard (default: whenever a process group exists; ``bench.perf --fsdp``
+        shards in a one-process group to measure FSDP2's own cost)."""
+        grouped = dist.is_available() and dist.is_initialized()
+        self.active = grouped if enabled is None else enabled and grouped
+        self.workers = dist.get_world_size() if self.active else 1
+        self.rank = dist.get_rank() if self.active else 0
         self.device = device
         self.replica: nn.Module | None = None  # rank 0's whole copy, for evaluation
-
-    @property
-    def active(self) -> bool:
-        return self.workers > 1
 
     @property
     def writes(self) -> bool:
