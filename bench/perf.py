@@ -133,7 +133,8 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     checkpoint = checkpoint_cost(trainer) if args.checkpoint_every else None
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
-    out = {"variant": label + (" fsdp" if fsdp else ""), "method": name, "options": options, "params": n_params, "step_times_s": times,
+    out = {"variant": label + (" fsdp" if fsdp else ""), "method": name, "options": options, "params": n_params,
+           "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
            "state_bytes": state, "operations_s": operations, "checkpoint": checkpoint,
            "tokens_per_step": sum(len(r[0]) for r in batches[-1])}

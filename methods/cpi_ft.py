@@ -131,14 +131,14 @@ class CPIFT(IsolationMethod):
              transplants: list[dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]], count: int) -> None:
         """Non-core entries: mean SLERP shift over tasks; core entries: the probe's own values."""
         for n, p in trainable.items():
-            p = local(p)
-            p.copy_((p.float() + shift[n].to(p.device) / count).to(p.dtype))
+            block = local(p)
+            block.copy_((block.float() + shift[n].to(block.device) / count).to(block.dtype))
         for n, p in self.params.items():
-            p = local(p)
+            block = local(p)
             parts = [t[n] for t in transplants if t[n][0].numel()]
             if parts:
                 index, value = strongest([i for i, _, _ in parts], [v for _, v, _ in parts], [s for _, _, s in parts])
-                p.view(-1).index_copy_(0, index, value.to(p.dtype))
+                block.view(-1).index_copy_(0, index, value.to(block.dtype))
 
     def planned_state_bytes(self) -> int:
         """The isolated set's bound, the cores of 5 tasks (the papers' count; the task count is

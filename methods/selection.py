@@ -51,11 +51,11 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
         return empty
     if k >= count_all:
         return {n: torch.arange(r.numel(), device=r.device) for n, r in zip(names, raws)}
-    extremes = torch.tensor([[float("inf"), -float("inf")]] * len(raws), dtype=torch.float64, device=on)
+    ends = torch.tensor([[float("inf"), -float("inf")]] * len(raws), dtype=torch.float64, device=on)
     for i, r in enumerate(raws):
         if r.numel():  # a rank's block of a small tensor may be empty
-            extremes[i] = torch.stack(torch.aminmax(r)).double()
-    lows, highs = reduce_(extremes[:, 0].contiguous(), "min"), reduce_(extremes[:, 1].contiguous(), "max")
+            ends[i] = torch.stack(torch.aminmax(r)).double()
+    lows, highs = reduce_(ends[:, 0].contiguous(), "min"), reduce_(ends[:, 1].contiguous(), "max")
     extremes = torch.stack([lows, highs], 1).cpu().tolist()
     maps = [(lo, hi - lo + EPS) if normalize else (0.0, 1.0) for lo, hi in extremes]  # normalized = (raw - shift) / scale
 
@@ -135,5 +135,5 @@ def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], sizes: dict[
             numel = sizes[name] if sizes else int(max(x.max(), y.max())) + 1
             inter = inter.to(x.device) + hits(x, y, numel).sum()
     counts = reduce_(torch.stack([inter.double().to(on), torch.tensor(float(size), dtype=torch.float64, device=on)]))
-    both, size = float(counts[0]), float(counts[1])
-    return 1.0 if size == 0 else both / (size - both)
+    both, union = float(counts[0]), float(counts[1])
+    return 1.0 if union == 0 else both / (union - both)

@@ -4,6 +4,8 @@ checkpointing changes no loss; old precision keys are refused naming the new one
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -92,3 +94,26 @@ def test_auto_is_bf16_mixed_on_gpu_and_fp32_on_cpu():
     assert Precision.from_config("auto", torch.device("cuda")).name == "bf16-mixed"
     assert Precision.from_config("auto", torch.device("cpu")).param_dtype == torch.float32
     assert TrainConfig().precision == "auto"
+
+
+def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
+    from bench.memory_plan import DoesNotFit, GiB, check_fits
+
+    def cell(workers: int) -> RunConfig:
+        return from_dict(RunConfig, {"backbone": {"name": "meta-llama/Meta-Llama-3-8B"}, "method": {"name": "epi"},
+                                     "train": {"precision": "bf16-mixed", "activation_checkpointing": True,
+                                               "batch_size": 16, "grad_accum": 8, "max_length": 1024,
+                                               "workers": workers}}, "<test>")
+
+    one, eight = plan_cell(cell(1), 80 * GiB), plan_cell(cell(8), 80 * GiB)
+    assert one.fits is False and eight.fits is True and eight.workers == 8
+    for term in ("parameters", "gradients", "optimizer", "method"):
+        assert getattr(eight, term) == -(-getattr(one, term) // 8)
+    assert eight.activations == one.activations  # each worker runs whole micro-batches
+    # gathered: the root group (embeddings and output layer: 1.05B params at 2 + 4 B) and two layers
+    assert eight.evaluation == one.parameters and 6 * 1.05e9 < eight.gathered < one.parameters / 3
+    assert "per GPU of 8 workers" in eight.line()
+    with pytest.raises(DoesNotFit, match=r"train.workers = \d+ \(FSDP2 over") as refused:
+        check_fits(cell(1), 80 * GiB)
+    needed = int(re.search(r"train.workers = (\d+)", str(refused.value)).group(1))
+    assert plan_cell(cell(needed), 80 * GiB).fits and not plan_cell(cell(needed // 2), 80 * GiB).fits

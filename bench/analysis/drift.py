@@ -26,8 +26,8 @@ from bench.analysis.options import Options
 from bench.data import StageData
 from bench.observers import Observer, Recorder
 from methods.base import StageContext
-from methods.importance import GradSquaredEMA, second_moment
 from methods.collectives import local, reduce_
+from methods.importance import GradSquaredEMA, second_moment
 from methods.selection import jaccard, per_layer_counts, select_top_fraction
 
 
