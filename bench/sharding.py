@@ -75,8 +75,8 @@ class Sharding:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if self.writes:
-            self.replica = copy.deepcopy(model).to("cpu")
+        if self.writes:  # the copy is made in host memory, never beside the whole model on the GPU;
+            self.replica = copy.deepcopy(model.to("cpu"))  # fully_shard moves the shards back to the device
         mesh = init_device_mesh(self.device.type, (self.workers,))
         policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
         blocks = decoder_layer_classes(model)
