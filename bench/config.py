@@ -96,8 +96,6 @@ class TrainConfig:
 
     def checkpoint_interval(self, on_gpu: bool) -> int:
         """``checkpoint_every`` with auto resolved."""
-        if self.workers > 1:
-            return 0  # sharded checkpoints are not written yet (docs/perf.md, README)
         return (100 if on_gpu else 0) if self.checkpoint_every == -1 else self.checkpoint_every
 
     def __post_init__(self) -> None:
@@ -107,9 +105,6 @@ class TrainConfig:
             raise ConfigError(f"bad value {self.grad_accum} for key 'train.grad_accum' with train.workers = "
                               f"{self.workers}; allowed: a multiple of train.workers (each worker takes "
                               f"train.grad_accum / train.workers of the step's micro-batches)")
-        if self.workers > 1 and self.checkpoint_every > 0:
-            raise ConfigError(f"bad value {self.checkpoint_every} for key 'train.checkpoint_every' with train.workers "
-                              f"= {self.workers}; allowed: 0 or -1 (a sharded run writes no in-run checkpoint yet)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas = {self.betas!r}: allowed: two numbers in [0, 1)")
 

@@ -112,22 +112,26 @@ def load_suite(config: RunConfig, result: Result) -> Suite:
     return suite
 
 
-def open_checkpoint(config: RunConfig, result: Result, restart: bool) -> tuple[Checkpointer, dict[str, Any] | None]:
+def open_checkpoint(config: RunConfig, result: Result, restart: bool,
+                    sharding: Sharding) -> tuple[Checkpointer, dict[str, Any] | None]:
     """The run's checkpointer and its last checkpoint (None: start from step 0). A resumed run
-    takes the stage results it had measured; a fresh one starts with empty logs."""
+    takes the stage results it had measured; a fresh one starts with empty logs. Every rank of
+    a sharded run reads its own file; only rank 0 deletes anything."""
     every = config.train.checkpoint_interval(torch.cuda.is_available())
     checkpointer = Checkpointer(config.run_dir, config.config_hash, every,
                                 lambda: {"evaluation": copy.deepcopy(result.evaluation),
-                                         "resumed_from": list(result.run.resumed_from)})
+                                         "resumed_from": list(result.run.resumed_from)}, sharding)
     if restart:
         checkpointer.discard()
     saved = checkpointer.load()
     if saved is None:
-        RunLog(config.run_dir).clear_files()  # logs of an earlier attempt without a checkpoint
+        if sharding.writes:
+            RunLog(config.run_dir).clear_files()  # logs of an earlier attempt without a checkpoint
         return checkpointer, None
     result.evaluation = saved["run"]["evaluation"]
     result.run.resumed_from = [*saved["run"]["resumed_from"], saved["step"]]
-    print(f"[run] {config.run_id}: resuming from the checkpoint at step {saved['step']}", file=sys.stderr)
+    if sharding.writes:
+        print(f"[run] {config.run_id}: resuming from the checkpoint at step {saved['step']}", file=sys.stderr)
     return checkpointer, saved
 
 
@@ -139,7 +143,7 @@ def all_tasks_data(config: RunConfig, features: dict[str, list[Feature]], pad_id
 
 
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
-                  data: StageData, progress: bool, checkpointer: Checkpointer | None, saved: dict[str, Any] | None,
+                  data: StageData, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
                   listeners: list[Callable[[dict[str, Any]], None]], sharding: Sharding) -> Trainer:
     observers = [LostUpdateSentinel(config.seed), *analysis.build(dataclasses.asdict(config.analysis), data)]
     trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir,
@@ -258,10 +262,8 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     precision = Precision.from_config(config.train.precision, device())
     sharding = Sharding(precision.device)  # a process group exists when Ray Train started N workers
     try:
-        checkpointer, saved = None, None
-        if sharding.writes:
-            with timed(timing, "checkpoint_read_s"):
-                checkpointer, saved = open_checkpoint(config, result, restart or force)
+        with timed(timing, "checkpoint_read_s"):
+            checkpointer, saved = open_checkpoint(config, result, restart or force, sharding)
         seed_everything(config.seed)
         with timed(timing, "data_s"):
             suite = sharding.writer_first(lambda: load_suite(config, result))  # rank 0 writes the task files
@@ -281,8 +283,7 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing, everything)
         if config.train.keep_final_weights:
             keep_final_weights(config, trainer, tokenizer)
-        if checkpointer is not None:
-            checkpointer.discard()
+        checkpointer.discard()
         result.run.status = "success"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then the grid goes on
         record_failure(result, e, trainer)

@@ -124,6 +124,10 @@ class Sharding:
         self.replica.load_state_dict(state)
         return self.replica.to(self.device)
 
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
     def after_evaluation(self) -> None:
         """Rank 0's copy back to host memory; every rank waits for rank 0's evaluation."""
         if self.replica is not None:

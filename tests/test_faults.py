@@ -173,3 +173,27 @@ def test_set_against_a_grid_axis_is_refused_and_tables_can_be_replaced(tmp_path,
                  "--set", "grid.method_options={}"]) == 0
     out = capsys.readouterr().out
     assert "2 cells" in out and " lora " in out and " epi " not in out
+
+
+@pytest.mark.slow
+def test_a_sharded_run_killed_mid_stage_resumes_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    """2 Ray Train workers SIGKILL themselves after step 22 (checkpoints every 5 steps); the rerun
+    resumes from step 20 and ends with the losses, mask events and scores of an uninterrupted run."""
+    config = Path(__file__).parents[1] / "configs" / "smoke.toml"
+    args = ["run", str(config), "--cell", "2", "--set", "train.grad_accum=2", "--set", "train.workers=2",
+            "--set", "train.checkpoint_every=5"]
+    assert main([*args, "--set", f"results_dir={tmp_path / 'whole'}"]) == 0
+    monkeypatch.setenv("ISOBENCH_FAULT_AT_STEP", "kill:22")
+    assert main([*args, "--set", f"results_dir={tmp_path / 'killed'}"]) == 1
+    monkeypatch.delenv("ISOBENCH_FAULT_AT_STEP")
+    (killed,) = (tmp_path / "killed" / "smoke").glob("epi-*")
+    assert (killed / "checkpoint" / "latest").read_text().split()[0] == "20"
+    assert main([*args, "--set", f"results_dir={tmp_path / 'killed'}"]) == 0
+    whole = tmp_path / "whole" / "smoke" / killed.name
+    a, b = (json.loads((d / "result.json").read_text()) for d in (whole, killed))
+    assert b["run"]["resumed_from"] == [20] and not (killed / "checkpoint").exists()
+    assert [s["scores"] for s in a["evaluation"]["stages"]] == [s["scores"] for s in b["evaluation"]["stages"]]
+    for name in ("metrics.jsonl", "events/method.jsonl"):
+        lines = [[{k: v for k, v in json.loads(x).items() if k != "train_s"} for x in (d / name).read_text().splitlines()]
+                 for d in (whole, killed)]
+        assert lines[0] == lines[1] != []

@@ -7,6 +7,7 @@
   runs are not bit-identical: the global gradient norm sums the ranks' parts in another order,
   and a vectorized kernel splits a shard where it would not split the whole tensor (measured:
   losses within 5e-7 over 20 steps).
+- A sharded checkpoint (one file per rank, ``latest`` written once all are) resumes bit for bit.
 - The global top-rho selection on sharded scores (uneven blocks, an empty block, many ties, the
   histogram search forced through several passes) is exactly the one-process selection.
 """
@@ -56,15 +57,52 @@ def selections() -> list[dict[str, Any]]:
     return out
 
 
-def work(names: list[str]) -> dict[str, Any]:
-    return {"selections": selections(),
+def resume(folder: str) -> dict[str, Any]:
+    """10 EPI steps with a checkpoint every 3, then a new trainer resumed from the last one."""
+    from pathlib import Path
+
+    from bench.checkpoint import Checkpointer
+    from tests.harness import Harness
+
+    def harness() -> tuple[Harness, Checkpointer]:
+        h = Harness("epi", FAST["epi"], grad_accum=2, lr=1e-3)
+        return h, Checkpointer(Path(folder), "hash", 3, dict, h.trainer.sharding)
+
+    h, checkpointer = harness()
+    losses = []
+    for _ in range(10):
+        losses.append(h.step())
+        if h.trainer.step <= 8:  # the run "dies" after step 8: its last checkpoint is step 6
+            checkpointer.after_step(h.trainer)
+    again, checkpointer = harness()
+    saved = checkpointer.load()
+    assert saved is not None
+    again.trainer.load_state_dict(saved["trainer"])
+    again.start(again.trainer.stage)
+    return {"from": saved["step"], "uninterrupted": losses[6:], "resumed": again.steps(4),
+            "files": sorted(str(p.relative_to(folder)) for p in Path(folder, "checkpoint").rglob("*"))}
+
+
+def work(names: list[str], folder: str) -> dict[str, Any]:
+    return {"selections": selections(), "resume": resume(folder),
             "traces": {n: trace(n, FAST.get(n, {}), STEPS, grad_accum=2, lr=1e-3, max_grad_norm=1.0) for n in names}}
 
 
 @pytest.fixture(scope="module")
-def runs() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     names = methods.names()
-    return work(names), spawn(work, 2, names)
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
+    return work(names, str(one)), spawn(work, 2, names, str(two))
+
+
+def test_a_sharded_checkpoint_resumes_bit_for_bit(runs: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    one, ranks = runs
+    assert one["resume"]["files"] == ["checkpoint/state.pt"]
+    for sharded in [one, *ranks]:
+        r = sharded["resume"]
+        assert r["from"] == 6 and r["resumed"] == r["uninterrupted"]
+    assert ranks[0]["resume"]["files"] == ["checkpoint/latest", "checkpoint/step-6", "checkpoint/step-6/rank0.pt",
+                                           "checkpoint/step-6/rank1.pt"]
 
 
 def test_sharded_selection_is_the_one_process_selection(runs: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
