@@ -59,8 +59,7 @@ def launch(config: RunConfig, per_trial: dict[str, float], *, force: bool = Fals
                "restart": restart, "started": time.time()}
     trainer = TorchTrainer(
         worker_main, train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={k: v for k, v in share.items() if k != "GPU"} or None),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=share or None),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RayRunConfig(name=f"{config.run_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                 storage_path=str((Path(config.results_dir) / config.study / ".ray").resolve())))
