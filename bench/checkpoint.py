@@ -12,8 +12,8 @@ a run done in one go.
   the model, the optimizer and the method's state: ``checkpoint/step-<N>/rank<r>.pt``. When
   every rank has written its file, rank 0 points ``checkpoint/latest`` at step N (atomic
   rename) and deletes older steps, so a run killed mid-save resumes from the last complete
-  step. A checkpoint resumes only on the same number of workers (each rank's isolated set and
-  importance are its own blocks); another count is refused, naming both.
+  step. A checkpoint resumes only on the same number of workers (each rank's method and
+  observer state covers its own blocks); another count is refused, naming both.
 
 ``ISOBENCH_FAULT_AT_STEP=kill:K`` (or ``hang:K``) makes a run that started from step 0 SIGKILL
 itself (or sleep) right after optimizer step K: the fault injection the resume tests use.

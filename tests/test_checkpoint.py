@@ -127,3 +127,13 @@ def test_run_log_is_cut_back_to_its_size_at_save_time(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n{"step": 1}\n'
     assert not (tmp_path / "events" / "observer.jsonl").exists()
     assert (tmp_path / "events" / "method.jsonl").read_text().count("\n") == 1
+
+
+def test_a_checkpoint_of_another_worker_count_is_refused_naming_both(tmp_path):
+    from bench.checkpoint import Checkpointer, CheckpointMismatch
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "latest").write_text("6 workers 2\n")
+    with pytest.raises(CheckpointMismatch, match=r"written by 2 worker\(s\), but this run has train.workers = 1: "
+                                                 r"resume with the same train.workers, or rerun with --restart"):
+        Checkpointer(tmp_path, "hash", 3, dict).load()
