@@ -49,24 +49,34 @@ class Sharding:
 
     @property
     def writes(self) -> bool:
-        """Only rank 0 writes files (results, logs, checkpoints, base scores)."""
+        """Rank 0 writes the run's files (result, logs, base scores, task files); in a checkpoint
+        every rank writes its own blocks (``bench.checkpoint``)."""
         return self.rank == 0
 
     def on_writer(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on rank 0 only (it may write files), its value sent to every rank."""
+        """``fn()`` on rank 0 only (it may write files), its value sent to every rank; an error
+        there is raised on every rank, so none waits for a value that never comes."""
         if not self.active:
             return fn()
-        box = [fn() if self.writes else None]
+        box: list[Any] = [None]
+        if self.writes:
+            try:
+                box = [(True, fn())]
+            except Exception as e:
+                dist.broadcast_object_list([(False, f"{type(e).__name__}: {e}")], src=0)
+                raise
         dist.broadcast_object_list(box, src=0)
-        return box[0]  # type: ignore[return-value]
+        ok, value = box[0]
+        if not ok:
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
 
     def writer_first(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on rank 0, then on the others (which then read what rank 0 wrote)."""
-        if self.writes:
-            value = fn()
-        if self.active:
-            dist.barrier()
-        return value if self.writes else fn()
+        """``fn()`` on rank 0, then on the others (which then read what rank 0 wrote); an error on
+        rank 0 is raised on every rank."""
+        kept: list[T] = []
+        self.on_writer(lambda: kept.append(fn()))
+        return kept[0] if self.writes else fn()
 
     def shard(self, model: nn.Module, precision: Precision) -> nn.Module:
         """``fully_shard`` per decoder layer, then the root; the model unchanged in one process."""

@@ -83,8 +83,19 @@ def resume(folder: str) -> dict[str, Any]:
             "files": sorted(str(p.relative_to(folder)) for p in Path(folder, "checkpoint").rglob("*"))}
 
 
+def rank0_error() -> str:
+    """What each rank raises when rank 0's part of ``on_writer`` fails."""
+    from bench.sharding import Sharding
+
+    try:
+        Sharding(torch.device("cpu")).writer_first(lambda: 1 / 0)
+    except Exception as e:  # noqa: BLE001 - the test compares the messages
+        return f"{type(e).__name__}: {e}"
+    return "nothing raised"
+
+
 def work(names: list[str], folder: str) -> dict[str, Any]:
-    return {"selections": selections(), "resume": resume(folder),
+    return {"selections": selections(), "resume": resume(folder), "error": rank0_error(),
             "traces": {n: trace(n, FAST.get(n, {}), STEPS, grad_accum=2, lr=1e-3, max_grad_norm=1.0) for n in names}}
 
 
@@ -93,6 +104,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], list
     names = methods.names()
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     return work(names, str(one)), spawn(work, 2, names, str(two))
+
+
+def test_an_error_in_rank_0s_part_is_raised_on_every_rank(runs: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    one, ranks = runs
+    assert one["error"] == ranks[0]["error"] == "ZeroDivisionError: division by zero"
+    assert ranks[1]["error"] == "RuntimeError: rank 0 failed: ZeroDivisionError: division by zero"
 
 
 def test_a_sharded_checkpoint_resumes_bit_for_bit(runs: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
