@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from bench.precision import Precision
+from methods.collectives import barrier, reduce_
 
 T = TypeVar("T")
 
@@ -107,9 +108,7 @@ class Sharding:
             model.set_requires_gradient_sync(last)  # type: ignore[operator]
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            dist.all_reduce(value)
-        return value
+        return reduce_(value) if self.active else value
 
     def clip(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
         """Clip to ``max_norm`` by the norm of all ranks' gradients together; returns that norm."""
@@ -136,14 +135,13 @@ class Sharding:
 
     def barrier(self) -> None:
         if self.active:
-            dist.barrier()
+            barrier()
 
     def after_evaluation(self) -> None:
         """Rank 0's copy back to host memory; every rank waits for rank 0's evaluation."""
         if self.replica is not None:
             self.replica.to("cpu")
-        if self.active:
-            dist.barrier()
+        self.barrier()
 
 
 def decoder_layer_classes(model: nn.Module) -> set[str]:
