@@ -1,4 +1,4 @@
-"""``isobench``: run, grid, report, methods. Heavy imports happen inside each command so that
+"""``isobench``: run, grid, report, export, methods. Heavy imports happen inside each command so that
 ``isobench report`` never imports torch or ray."""
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ def _load(loader: Any, args: argparse.Namespace) -> Any:
 
 def _device_bytes(args: argparse.Namespace) -> int | None:
     """``--device-memory``, else the visible GPU's memory, else None (not checked)."""
-    from bench.memory_plan import device_memory, parse_size
+    from bench.run.memory_plan import device_memory, parse_size
 
     return parse_size(args.device_memory) if args.device_memory else device_memory()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.grid import load_cells
-    from bench.run import execute
+    from bench.run.cells import load_cells
 
     cells = _load(load_cells, args)
     if cells is None:
@@ -60,8 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.config} is a grid of {len(cells)} cells: running cell {args.cell} ({config.method.name}, "
               f"{config.backbone.name}, {config.regime}, seed {config.seed}); --cell N picks another", file=sys.stderr)
     print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
-    from bench.memory_plan import DoesNotFit, check_fits
-    from bench.precision import missing_package
+    from bench.engine.precision import missing_package
+    from bench.run.memory_plan import DoesNotFit, check_fits
 
     if missing_package(config.train.precision):
         print(f"error: {args.config}: {missing_package(config.train.precision)}", file=sys.stderr)
@@ -79,10 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"error: cannot write results under {config.run_dir}: {e.strerror or e}", file=sys.stderr)
         return 2
+    from bench.launch.dispatch import resources, run_cell
+
     if config.train.workers > 1:
-        result = run_sharded(config, args)
-    else:
-        result = execute(config, force=args.force, restart=args.restart)
+        print(f"sharded over {config.train.workers} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}",
+              file=sys.stderr)
+    result = run_cell(config, resources(config, alone=True), force=args.force, restart=args.restart, own_session=True)
     error = result.run.error
     print(f"{result.run.run_id}: {result.run.status}"
           + (f" ({error.type}: {error.message}, step {error.step})" if error else ""))
@@ -93,41 +94,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def run_sharded(config: Any, args: argparse.Namespace) -> Any:
-    """``train.workers`` Ray Train workers on a local Ray (or the cluster at $RAY_ADDRESS)."""
-    import os
-    from pathlib import Path
-
-    import torch
-
-    from bench.ray_grid import start_ray, stop_ray
-    from bench.workers import launch
-
-    address = os.environ.get("RAY_ADDRESS")
-    w = config.train.workers
-    cpus = float(os.cpu_count() or w)
-    per_run = {"gpu": float(w), "cpu": cpus} if torch.cuda.is_available() else {"cpu": cpus}
-    print(f"sharded over {w} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}", file=sys.stderr)
-    temp_dir = start_ray(Path(config.results_dir) / config.study, address, verbose=False)
-    try:
-        return launch(config, per_run, force=args.force, restart=args.restart, progress=False)
-    finally:
-        stop_ray(address, temp_dir)
-
-
 def cmd_grid(args: argparse.Namespace) -> int:
-    from bench.grid import load_grid
-    from bench.ray_grid import describe, run_grid
+    from bench.launch.dry_run import describe
+    from bench.launch.grid import run_grid
+    from bench.run.cells import load_grid
 
     grid = _load(load_grid, args)
     if grid is None:
         return 2
     device_bytes = _device_bytes(args)
     if device_bytes is None and grid.spec.device_memory:
-        from bench.memory_plan import parse_size
+        from bench.run.memory_plan import parse_size
 
         device_bytes = parse_size(grid.spec.device_memory)
-    from bench.precision import missing_package
+    from bench.engine.precision import missing_package
 
     missing = sorted({m for c in grid.cells if (m := missing_package(c.train.precision))})
     if args.dry_run:
@@ -140,7 +120,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: {missing[0]}", file=sys.stderr)
         return 2
     from bench.config import ConfigError
-    from bench.study import NotWritable, StudyBusy
+    from bench.launch.study_lock import NotWritable, StudyBusy
 
     try:
         counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart,
@@ -158,7 +138,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
     if counts["failed"]:
-        from bench.results import ResultError, read_result
+        from bench.run.results import ResultError, read_result
 
         for c in grid.cells:
             try:

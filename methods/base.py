@@ -1,6 +1,6 @@
 """The one interface every fine-tuning method implements.
 
-The training loop (``bench/train.py``) owns forward, backward, clipping, the optimizer, the LR
+The training loop (``bench/engine/train.py``) owns forward, backward, clipping, the optimizer, the LR
 schedule and logging; a method only acts through the hooks below, which all do nothing by
 default. Two runs that differ only in their ``Method`` object are therefore a fair comparison.
 ``step`` always counts optimizer steps done before the call, over all stages, never micro-batches.
@@ -34,7 +34,7 @@ Every call, in order, for one run::
     state_dict() / load_state_dict()              whenever the trainer is saved or restored
     stats()                                       also once more for result.json at the end
 
-Observers (``bench/observers.py``) get the same calls after the method (plus ``attach`` after ``prepare``
+Observers (``bench/engine/observers.py``) get the same calls after the method (plus ``attach`` after ``prepare``
 and ``on_gradients`` right after the backward pass, before ``after_backward``), and never change state.
 """
 
@@ -47,21 +47,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from core.options import Options
 from methods.contexts import Batch, PlanContext, StageContext, StageData, StagePlan, tensor_bytes
 
 __all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "StageContext", "StageData", "StagePlan", "tensor_bytes"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MethodConfig:
-    """Base of every method's options; subclasses validate in ``__post_init__``."""
-
-    def check(self, condition: bool, field: str, allowed: str) -> None:
-        """Raise ``ValueError`` naming the field, its value and what is allowed."""
-        if not condition:
-            value = getattr(self, field)
-            raise ValueError(f"{type(self).__qualname__}: bad value {value!r} for option "
-                             f"{field!r}; allowed: {allowed}")
+class MethodConfig(Options):
+    """Base of every method's options (``core.options.Options``: ``check`` and ``build``);
+    subclasses validate in ``__post_init__``."""
 
 
 class Method:
@@ -153,6 +148,6 @@ class Method:
         return []
 
     def timed_operations(self) -> dict[str, Any]:
-        """Named zero-argument callables a cost benchmark may time on their own (``bench.perf``
+        """Named zero-argument callables a cost benchmark may time on their own (``bench.tools.perf``
         reports ``<name>_s``), e.g. one mask refresh; default none."""
         return {}

@@ -1,7 +1,7 @@
 """Everything a method needs from the process group, in one place; in one process every function
 here is the identity or a no-op, so a method file reads the same on 1 or 8 workers.
 
-Under FSDP2 (``bench.sharding``) every parameter, its gradient and its optimizer state are
+Under FSDP2 (``bench.engine.sharding``) every parameter, its gradient and its optimizer state are
 DTensors sharded along dim 0: each rank holds a contiguous block of rows, and the ranks' blocks in
 rank order are the tensor's flat order. Methods work on the local blocks (``local``) with local
 flat indices, and combine what must be global (counts, extremes, histograms, dot products) with

@@ -8,14 +8,12 @@ validated through the method's frozen config dataclass before any model exists.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
 import re
-import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from core import options as typed
 from methods.base import Method
 
 T = TypeVar("T")
@@ -96,49 +94,11 @@ def get(name: str) -> type[Method]:
 
 
 def build(name: str, options: dict[str, Any] | None = None) -> Method:
-    """Instantiate a method from plain options, validated before anything else happens."""
+    """Instantiate a method from plain options, validated (``core.options``) before anything else happens."""
     cls = get(name)
-    options = dict(options or {})
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ValueError(f"method {name!r}: unknown option(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(sorted(fields)) or '(none)'}")
-    hints = typing.get_type_hints(cls.Config)
-    for key, value in options.items():
-        problem = _type_problem(value, hints[key])
-        if problem:
-            raise ValueError(f"method {name!r}: bad value {value!r} for option {key!r}; allowed: {problem}")
-    return cls(cls.Config(**options))
-
-
-def _type_problem(value: Any, tp: Any) -> str | None:
-    """What ``value`` should have been for annotation ``tp`` (None when it fits); floats must be
-    finite, and a bool is not a number."""
-    args = typing.get_args(tp)
-    if type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return None if value is None else (_type_problem(value, inner[0]) and f"null or {_type_problem(value, inner[0])}")
-    if tp is bool:
-        return None if isinstance(value, bool) else "true or false"
-    if tp is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-    if tp is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        return None if ok else "a finite number"
-    if tp is str:
-        return None if isinstance(value, str) else "a string"
-    if typing.get_origin(tp) is tuple:
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-        return None if ok else "a list of strings"
-    return None
+    return cls(typed.build(cls.Config, dict(options or {}), where=f"method {name!r}"))
 
 
 def describe(name: str) -> list[tuple[str, str, Any, str]]:
     """(option, type, default, help) rows of a method's config, for ``isobench methods``."""
-    rows = []
-    for f in dataclasses.fields(get(name).Config):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        rows.append((f.name, str(f.type), default, f.metadata.get("help", "")))
-    return rows
+    return typed.describe(get(name).Config)

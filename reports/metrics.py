@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 Matrix = Sequence[Sequence[float]]
-# A run whose lost-update sentinel (bench/sentinel.py) finds more than this fraction of updated
+# A run whose lost-update sentinel (bench/engine/sentinel.py) finds more than this fraction of updated
 # entries unchanged over a stage is flagged: fp32 and bf16-mixed measured 0.00-0.01% never-moved
 # after 10 steps of SmolLM2 at lr 1e-5 and 2e-5, bf16-pure 96-98% (docs/perf.md, numerics table).
 LOST_UPDATE_THRESHOLD = 0.05

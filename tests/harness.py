@@ -1,4 +1,4 @@
-"""A small driver around ``bench.train.Trainer`` for method-level tests: the real stage hooks,
+"""A small driver around ``bench.engine.train.Trainer`` for method-level tests: the real stage hooks,
 a constant learning rate, no evaluation, so losses and parameters can be compared exactly.
 
 ``ContractCheck`` is an observer that records every broken promise of the Method interface
@@ -17,13 +17,13 @@ import torch
 
 import methods
 from bench import analysis, regimes
+from bench.backbones.registry import tiny_llama
 from bench.config import TrainConfig
-from bench.data import StageData, Stream, encode
-from bench.models import tiny_llama
-from bench.observers import Observer
-from bench.precision import Precision
-from bench.tasks import TASKS
-from bench.train import Trainer
+from bench.engine.data import StageData, Stream, encode
+from bench.engine.observers import Observer
+from bench.engine.precision import Precision
+from bench.engine.train import Trainer
+from bench.suite.tasks import TASKS
 
 CPU = torch.device("cpu")
 # Options that make every isolation method isolate something within a few steps.

@@ -111,7 +111,7 @@ def test_keep_final_weights_saves_the_plain_model_and_the_adapter(tmp_path):
 
 
 def test_run_log_is_cut_back_to_its_size_at_save_time(tmp_path):
-    from bench.run_log import RunLog
+    from bench.engine.run_log import RunLog
 
     log = RunLog(tmp_path)
     log.metric({"step": 0})
@@ -130,7 +130,7 @@ def test_run_log_is_cut_back_to_its_size_at_save_time(tmp_path):
 
 
 def test_a_checkpoint_of_another_worker_count_is_refused_naming_both(tmp_path):
-    from bench.checkpoint import Checkpointer, CheckpointMismatch
+    from bench.engine.checkpoint import Checkpointer, CheckpointMismatch
 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "latest").write_text("6 workers 2\n")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import ConfigError, load_run_config, parse_override
-from bench.grid import load_cells
+from bench.config import ConfigError, parse_override
+from bench.run.cells import load_cells, load_run_config
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/*.toml"))
 

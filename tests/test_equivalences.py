@@ -101,7 +101,7 @@ def test_batch_4_x_accum_1_equals_batch_1_x_accum_4():
 def test_answer_only_output_layer_equals_the_full_forward():
     import torch.nn.functional as F
 
-    from bench.data import IGNORE, collate, summed_nll
+    from bench.engine.data import IGNORE, collate, summed_nll
 
     h = Harness("lora")
     batch = collate(h.rows["arithmetic"][:4], h.tokenizer.pad_token_id, torch.device("cpu"))

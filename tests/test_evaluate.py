@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+from bench.backbones.registry import tiny_llama
 from bench.config import EvalConfig
-from bench.evaluate import evaluate
-from bench.models import tiny_llama
-from bench.tasks import build_suite
-from bench.tasks.offline import OFFLINE_TASKS
+from bench.suite.evaluate import evaluate
+from bench.suite.tasks import build_suite
+from bench.suite.tasks.offline import OFFLINE_TASKS
 
 TASKS = {t.name: t for t in OFFLINE_TASKS}
 
@@ -27,7 +27,7 @@ def test_gold_nll_matches_the_training_loss_on_the_answer(tmp_path):
     """lm-eval's gold-answer NLL scores exactly the tokens training teaches (" target")."""
     import torch
 
-    from bench.data import IGNORE, collate, encode, summed_nll
+    from bench.engine.data import IGNORE, collate, encode, summed_nll
 
     model, tok = tiny_llama(0)
     suite = build_suite(["arithmetic", "logic"], 0, 10, 6, tmp_path, 6)

@@ -24,8 +24,8 @@ def fast(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_a_second_grid_on_the_same_study_is_refused(tmp_path, capsys):
-    from bench.grid import load_grid
-    from bench.study import study_lock
+    from bench.launch.study_lock import study_lock
+    from bench.run.cells import load_grid
 
     grid = load_grid(SMOKE, {"results_dir": str(tmp_path / "results")})
     with study_lock(grid.study_dir.resolve()):
@@ -96,8 +96,8 @@ def test_a_result_whose_scores_miss_a_task_is_not_tabulated(tmp_path):
 
 
 def test_cells_of_an_edited_grid_file_are_old_not_missing(tmp_path):
-    from bench.grid import load_grid
-    from bench.ray_grid import write_manifest
+    from bench.launch.grid import write_manifest
+    from bench.run.cells import load_grid
 
     grid_path = tmp_path / "grid.toml"
     grid_path.write_text(SMOKE.read_text().replace('study = "smoke"', f'study = "s"\nresults_dir = "{tmp_path}"'))
@@ -153,12 +153,12 @@ def test_unwritable_results_folder_is_named(tmp_path, capsys):
 
 
 def test_ctrl_c_prints_isobench_own_resume_line(tmp_path, capsys, monkeypatch):
-    import bench.ray_grid
+    import bench.launch.grid
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench.ray_grid, "run_grid", interrupted)
+    monkeypatch.setattr(bench.launch.grid, "run_grid", interrupted)
     assert main(["grid", str(SMOKE), *fast(tmp_path)[:2]]) == 130
     err = capsys.readouterr().err
     assert f"Resume with: isobench grid {SMOKE}" in err and "Tuner.restore" not in err

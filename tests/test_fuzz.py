@@ -112,14 +112,14 @@ MUTATIONS = {
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import bench.models
-    import bench.run
+    import bench.backbones.registry
+    import bench.run.execution
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a model was loaded for a malformed config")
 
-    monkeypatch.setattr(bench.models, "load_backbone", refuse)
-    monkeypatch.setattr(bench.run, "load_backbone", refuse)
+    monkeypatch.setattr(bench.backbones.registry, "load_backbone", refuse)
+    monkeypatch.setattr(bench.run.execution, "load_backbone", refuse)
 
 
 def test_there_are_at_least_40_mutations():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.grid import load_grid
+from bench.run.cells import load_grid
 
 ROOT = Path(__file__).parents[1]
 
@@ -131,7 +131,7 @@ def test_kill_9_of_the_driver_then_rerun_finishes_exactly_the_missing_cells(tmp_
     assert all(after[k]["run"]["started_at"] == v for k, v in before.items())  # finished cells not redone
     dirs = [p for p in (tmp_path / "results" / "g").iterdir() if p.is_dir() and p.name[0] not in "._"]
     assert len([d for d in dirs if (d / "result.json").exists()]) == 4
-    from bench.ray_grid import _ray_temp_dir, reap
+    from bench.launch.grid import _ray_temp_dir, reap
 
     assert reap(_ray_temp_dir(tmp_path / "results" / "g")) == 0  # no Ray process left behind
 
@@ -152,7 +152,7 @@ def test_grid_killed_with_its_trials_resumes_from_checkpoints(tmp_path):
     time.sleep(3)  # both trials now hang after step 5; their checkpoints hold step 4
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    from bench.ray_grid import _ray_temp_dir, reap
+    from bench.launch.grid import _ray_temp_dir, reap
 
     reap(_ray_temp_dir(study))
     assert not statuses(tmp_path)

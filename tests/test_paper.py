@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.judge import HFJudge, OpenAIJudge, judge_answers, judge_prompt, parse_rating
-from bench.tasks import TASKS, build_suite
-from bench.tasks.lm_eval_files import lm_eval_configs
-from bench.tasks.paper import LOGIQA_OPTION, DataError, local_rows, paper_split
+from bench.suite.judge import HFJudge, OpenAIJudge, judge_answers, judge_prompt, parse_rating
+from bench.suite.tasks import TASKS, build_suite
+from bench.suite.tasks.lm_eval_files import lm_eval_configs
+from bench.suite.tasks.paper import LOGIQA_OPTION, DataError, local_rows, paper_split
 
 SHARED = Path(os.environ.get("ISOBENCH_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 realdata = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real datasets not found at {SHARED} "
@@ -83,7 +83,7 @@ def test_rating_parser_handles_garbage():
 
 
 def test_tiny_model_as_judge_counts_unparsed_replies():
-    from bench.models import tiny_llama
+    from bench.backbones.registry import tiny_llama
 
     model, tok = tiny_llama(0)
     verdict = judge_answers(HFJudge(model, tok, max_new_tokens=8), ["Say hi", "Add 1+1"], ["hi", "2"])
@@ -177,7 +177,7 @@ def test_smollm2_conversion_and_cached_reload(tmp_path, monkeypatch):
 
     import torch
 
-    from bench.models import load_backbone
+    from bench.backbones.registry import load_backbone
 
     monkeypatch.setenv("ISOBENCH_CACHE", str(tmp_path))
     model, tok = load_backbone("smollm2-135m", torch.float32, 0)

@@ -11,8 +11,8 @@ import torch
 
 import methods
 from bench.config import ConfigError, RunConfig, TrainConfig, from_dict
-from bench.memory_plan import plan_cell
-from bench.precision import POLICIES
+from bench.engine.precision import POLICIES
+from bench.run.memory_plan import plan_cell
 from methods.base import tensor_bytes
 from tests.harness import FAST, Harness, contract_violations
 
@@ -54,7 +54,7 @@ def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
 
 
 def sentinel_fraction(precision: str) -> float:
-    from bench.sentinel import LostUpdateSentinel
+    from bench.engine.sentinel import LostUpdateSentinel
 
     sentinel = LostUpdateSentinel(seed=0)
     h = Harness("full_sft", precision=precision, lr=2e-5, weight_decay=0.0)
@@ -74,7 +74,7 @@ def test_lost_update_sentinel_is_high_under_bf16_pure_and_low_under_fp32():
 
 
 def test_activation_checkpointing_gives_the_same_losses():
-    from bench.models import enable_activation_checkpointing
+    from bench.backbones.registry import enable_activation_checkpointing
 
     plain = Harness("full_sft").steps(4)
     h = Harness("full_sft")
@@ -89,7 +89,7 @@ def test_old_precision_keys_name_the_new_one(key, value):
 
 
 def test_auto_is_bf16_mixed_on_gpu_and_fp32_on_cpu():
-    from bench.precision import Precision
+    from bench.engine.precision import Precision
 
     assert Precision.from_config("auto", torch.device("cuda")).name == "bf16-mixed"
     assert Precision.from_config("auto", torch.device("cpu")).param_dtype == torch.float32
@@ -97,7 +97,7 @@ def test_auto_is_bf16_mixed_on_gpu_and_fp32_on_cpu():
 
 
 def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
-    from bench.memory_plan import DoesNotFit, GiB, check_fits
+    from bench.run.memory_plan import DoesNotFit, GiB, check_fits
 
     def cell(workers: int) -> RunConfig:
         return from_dict(RunConfig, {"backbone": {"name": "meta-llama/Meta-Llama-3-8B"}, "method": {"name": "epi"},

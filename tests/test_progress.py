@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bench.grid_progress import GridProgress, clock
+from bench.launch.progress import GridProgress, clock
 
 
 def test_status_block_names_cells_stages_steps_and_eta(capsys):

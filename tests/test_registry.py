@@ -25,8 +25,8 @@ def test_duplicate_and_bad_names_are_rejected():
 
 
 def test_one_registry_idiom_for_methods_tasks_and_backbones():
-    from bench.models import BACKBONES
-    from bench.tasks import TASKS
+    from bench.backbones.registry import BACKBONES
+    from bench.suite.tasks import TASKS
 
     for registry in (METHODS, TASKS, BACKBONES):
         assert isinstance(registry, Registry) and len(registry) > 0

@@ -61,7 +61,7 @@ def resume(folder: str) -> dict[str, Any]:
     """10 EPI steps with a checkpoint every 3, then a new trainer resumed from the last one."""
     from pathlib import Path
 
-    from bench.checkpoint import Checkpointer
+    from bench.engine.checkpoint import Checkpointer
     from tests.harness import Harness
 
     def harness() -> tuple[Harness, Checkpointer]:
@@ -85,7 +85,7 @@ def resume(folder: str) -> dict[str, Any]:
 
 def rank0_error() -> str:
     """What each rank raises when rank 0's part of ``on_writer`` fails."""
-    from bench.sharding import Sharding
+    from bench.engine.sharding import Sharding
 
     try:
         Sharding(torch.device("cpu")).writer_first(lambda: 1 / 0)

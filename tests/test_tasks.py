@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from bench.tasks import build_suite
-from bench.tasks.offline import OFFLINE_TASKS
+from bench.suite.tasks import build_suite
+from bench.suite.tasks.offline import OFFLINE_TASKS
 
 TASKS = {t.name: t for t in OFFLINE_TASKS}
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from bench.analysis.conflict import GradientConflict
 from bench.analysis.drift import ImportanceDrift
-from bench.data import StageData
-from bench.observers import Observer
+from bench.engine.data import StageData
+from bench.engine.observers import Observer
 
 ANALYSES: dict[str, Any] = {"importance_drift": ImportanceDrift, "gradient_conflict": GradientConflict}
 

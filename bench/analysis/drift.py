@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.analysis.options import Options
-from bench.data import StageData
-from bench.observers import Observer, Recorder
+from bench.engine.data import StageData
+from bench.engine.observers import Observer, Recorder
+from core.options import Options
 from methods.base import StageContext
 from methods.collectives import local, reduce_
 from methods.importance import GradSquaredEMA, second_moment

@@ -1,0 +1,1 @@
+"""Backbones: the registry of named models with their shapes, and the embedded SmolLM2."""

@@ -1,0 +1,154 @@
+"""Checkpoints inside a run: the whole ``Trainer`` state plus what the run has measured so far,
+so a killed, preempted or crashed run continues where it stopped and ends bit-identical (CPU) to
+a run done in one go.
+
+- ``<run_dir>/checkpoint/state.pt``: one file, written aside and renamed over the previous one
+  (atomic; the last complete checkpoint is always readable, and disk use stays at one copy).
+- Saved every ``train.checkpoint_every`` optimizer steps and after every stage's evaluation.
+- It holds the resolved-config hash; a checkpoint of another config is refused, never mixed.
+- The log files (``metrics.jsonl``, ``events/*.jsonl``) are cut back to their size at save time
+  on resume, and the lines buffered then are restored, so no step line is lost or doubled.
+- A sharded run (``bench.engine.sharding``) saves one file per rank, each holding that rank's blocks of
+  the model, the optimizer and the method's state: ``checkpoint/step-<N>/rank<r>.pt``. When
+  every rank has written its file, rank 0 points ``checkpoint/latest`` at step N (atomic
+  rename) and deletes older steps, so a run killed mid-save resumes from the last complete
+  step. A checkpoint resumes only on the same number of workers (each rank's method and
+  observer state covers its own blocks); another count is refused, naming both.
+
+``ISOBENCH_FAULT_AT_STEP=kill:K`` (or ``hang:K``) makes a run that started from step 0 SIGKILL
+itself (or sleep) right after optimizer step K: the fault injection the resume tests use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.engine.sharding import Sharding
+
+CHECKPOINT_DIR = "checkpoint"
+STATE = "state.pt"
+FORMAT = 1
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint written by another resolved config (or format) than the run's."""
+
+
+class Checkpointer:
+    """Saves and loads one run's checkpoint; ``extra()`` gives the run's own progress (stage
+    scores so far) to store beside the trainer state."""
+
+    def __init__(self, run_dir: Path, config_hash: str, every: int, extra: Callable[[], dict[str, Any]],
+                 sharding: Sharding | None = None) -> None:
+        self.folder, self.config_hash, self.every, self.extra = run_dir / CHECKPOINT_DIR, config_hash, every, extra
+        self.sharding = sharding or Sharding(torch.device("cpu"), enabled=False)
+        self.stats: dict[str, Any] = {"saves": 0, "bytes": None, "write_s": 0.0, "read_s": None}
+        self.first_step = 0  # the step this attempt started from (0, or where it resumed)
+
+    @property
+    def path(self) -> Path:
+        """This process's file of the last complete checkpoint."""
+        if not self.sharding.active:
+            return self.folder / STATE
+        latest = self.folder / "latest"
+        step = latest.read_text().split()[0] if latest.is_file() else "none"
+        return self.step_file(step)
+
+    def step_file(self, step: int | str) -> Path:
+        return self.folder / f"step-{step}" / f"rank{self.sharding.rank}.pt"
+
+    def _commit(self, step: int) -> None:
+        """Sharded: once every rank's file of ``step`` is written, point ``latest`` at it."""
+        if not self.sharding.active:
+            return
+        self.sharding.barrier()
+        if self.sharding.writes:
+            tmp = self.folder / f".latest.{os.getpid()}.tmp"
+            tmp.write_text(f"{step} workers {self.sharding.workers}\n")
+            os.replace(tmp, self.folder / "latest")
+            for old in self.folder.glob("step-*"):
+                if old.name != f"step-{step}":
+                    _remove(old)
+
+    def after_step(self, trainer: Any) -> None:
+        """Called by the trainer after every optimizer step."""
+        if self.every > 0 and trainer.step % self.every == 0:
+            self.save(trainer)
+        inject_fault(trainer.step, self.first_step)
+
+    def save(self, trainer: Any) -> None:
+        if self.every <= 0:
+            return
+        start = time.perf_counter()
+        payload = {"format": FORMAT, "config_hash": self.config_hash, "step": trainer.step,
+                   "workers": self.sharding.workers, "trainer": trainer.state_dict(), "run": self.extra()}
+        path = self.step_file(trainer.step) if self.sharding.active else self.folder / STATE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._commit(trainer.step)
+        self.stats["saves"] += 1
+        self.stats["bytes"] = path.stat().st_size
+        self.stats["write_s"] += time.perf_counter() - start
+
+    def load(self) -> dict[str, Any] | None:
+        """The last complete checkpoint, or None; ``CheckpointMismatch`` if it is another run's
+        (or, sharded, another number of workers')."""
+        latest = self.folder / "latest"
+        written = int(latest.read_text().split()[-1]) if latest.is_file() else 1 if (self.folder / STATE).is_file() \
+            else None
+        if written is None:
+            return None
+        if written != self.sharding.workers:
+            raise CheckpointMismatch(f"{self.folder}: written by {written} worker(s), but this run has train.workers = "
+                                     f"{self.sharding.workers}: resume with the same train.workers, or rerun with "
+                                     f"--restart to discard the checkpoint and start from step 0.")
+        start = time.perf_counter()
+        on = self.sharding.device if self.sharding.active else "cpu"  # a rank's blocks stay on its device
+        payload = torch.load(self.path, weights_only=False, map_location=on)
+        self.stats["read_s"] = time.perf_counter() - start
+        if payload.get("format") != FORMAT or payload.get("config_hash") != self.config_hash:
+            raise CheckpointMismatch(
+                f"{self.path}: written for config hash {payload.get('config_hash')!r} (format {payload.get('format')}), "
+                f"but this run's resolved config hashes to {self.config_hash!r}: refusing to mix them. "
+                f"Rerun with --restart to discard the checkpoint and start from step 0.")
+        self.first_step = payload["step"]
+        return payload
+
+    def discard(self) -> None:
+        """Delete the checkpoint (rank 0's job in a sharded run; the others wait for it)."""
+        if self.sharding.writes and self.folder.is_dir():
+            _remove(self.folder)
+        self.sharding.barrier()
+
+
+def _remove(folder: Path) -> None:
+    for path in folder.iterdir():
+        _remove(path) if path.is_dir() else path.unlink()
+    folder.rmdir()
+
+
+def inject_fault(step: int, first_step: int) -> None:
+    """Test hook: ``ISOBENCH_FAULT_AT_STEP=kill:K|hang:K`` acts after step K of an attempt that
+    started from step 0 (a resumed attempt runs on)."""
+    spec = os.environ.get("ISOBENCH_FAULT_AT_STEP")
+    if not spec or first_step != 0:
+        return
+    action, _, at = spec.partition(":")
+    if step != int(at):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "hang":
+        time.sleep(3600)

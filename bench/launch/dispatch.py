@@ -1,0 +1,67 @@
+"""One dispatch of a cell: in this process (``train.workers = 1``) or on ``train.workers`` Ray
+Train workers, with one resource policy. ``isobench run`` and every grid trial go through
+``run_cell``.
+
+Resources of one trial (``resources``): ``[grid] resources`` when given; otherwise one GPU per
+worker when GPUs are visible, and CPUs: one per worker when the trial shares the machine with
+other trials (a grid packs them), or every core of the machine when it runs alone
+(``isobench run``). torch's threads are the CPUs a process holds, so trials never oversubscribe
+cores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.config import ConfigError, RunConfig
+from bench.launch.ray_session import ray_session
+from bench.run import results as res
+from bench.run.execution import execute
+
+
+def resources(cell: RunConfig, override: dict[str, Any] | None = None, *, alone: bool = False) -> dict[str, float]:
+    """What one trial of ``cell`` holds (lower-case Ray resource names); ``alone``: the trial is
+    the only one on this machine."""
+    if override:
+        return {k: float(v) for k, v in override.items()}
+    import torch
+
+    workers = float(cell.train.workers)
+    cpu = float(os.cpu_count() or workers) if alone else workers
+    return {"gpu": workers, "cpu": cpu} if torch.cuda.is_available() else {"cpu": cpu}
+
+
+def check_resources(per_trial: dict[str, float], address: str | None) -> None:
+    """On a local Ray, a trial cannot ask for more than this machine has."""
+    if address:
+        return
+    import torch
+
+    have = {"cpu": float(os.cpu_count() or 1), "gpu": float(torch.cuda.device_count())}
+    for key, want in per_trial.items():
+        if want > have.get(key, 0.0):
+            raise ConfigError(f"grid.resources.{key} = {want:g} per trial, but this machine has {have.get(key, 0):g}; "
+                              f"allowed: at most {have.get(key, 0):g} here, or run on a cluster with --address")
+
+
+def run_cell(config: RunConfig, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
+             progress: bool = True, listeners: list[Callable[[dict[str, Any]], None]] | None = None,
+             timing: dict[str, float] | None = None, own_session: bool = False) -> res.Result:
+    """Train and evaluate ``config``, holding ``per_trial``: in this process with that many torch
+    threads, or on ``train.workers`` Ray Train workers (in the running Ray session, or in one of
+    its own with ``own_session``)."""
+    if config.train.workers == 1:
+        import torch
+
+        torch.set_num_threads(max(1, int(per_trial.get("cpu", 1))))
+        return execute(config, progress=progress, force=force, restart=restart, listeners=listeners, timing=timing)
+    from bench.launch.workers import launch
+
+    if not own_session:
+        return launch(config, per_trial, force=force, restart=restart, progress=False)
+    address = os.environ.get("RAY_ADDRESS")
+    with ray_session(Path(config.results_dir) / config.study, address):
+        return launch(config, per_trial, force=force, restart=restart, progress=False)

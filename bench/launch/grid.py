@@ -1,0 +1,198 @@
+"""Run a grid's cells as Ray Tune trials: resume, failures kept per cell, live progress.
+
+- Each invocation expands the grid and schedules only the cells still to do (no result.json
+  with ``status == "success"``; with ``retry_failed`` only the failed ones), so re-running the
+  same command after a crash, Ctrl-C or ``kill -9`` finishes exactly the missing cells.
+- A trial writes its own ``result.json`` atomically (``bench.run.execution.execute``); a trial whose
+  process dies is retried by Ray up to ``[grid] max_failures`` times (each retry resumes from
+  the run's checkpoint), then recorded as failed here, from Ray's error.
+- A cell with a checkpoint but no successful result resumes from it on the next invocation
+  (``--restart`` discards checkpoints).
+- Resources: ``bench.launch.dispatch``'s one policy (a GPU, if visible, and a CPU per worker;
+  ``[grid] resources`` overrides), and every trial runs its cell through its ``run_cell``.
+- A sharded cell (``train.workers`` > 1) runs as Ray Train V2's Train-inside-Tune: its Tune trial
+  is a small driver holding no CPU or GPU, which starts a ``TorchTrainer`` whose workers hold the
+  trial's resources (``bench.launch.workers``).
+- ``address`` (or ``RAY_ADDRESS``) joins an existing cluster; otherwise a local Ray is started
+  (``bench.launch.ray_session``). The manifest and cell statuses are ``bench.launch.manifest``,
+  the dry run ``bench.launch.dry_run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.backbones.registry import prepare_backbone
+from bench.config import RunConfig, from_dict, to_dict
+from bench.launch.dispatch import check_resources, resources, run_cell
+from bench.launch.dry_run import cell_steps, plans
+from bench.launch.manifest import cell_status, summarize, write_manifest
+from bench.launch.progress import GridProgress, clock
+from bench.launch.ray_session import ray_session
+from bench.launch.study_lock import study_lock
+from bench.run import results as res
+from bench.run.cells import Grid
+from bench.run.execution import base_key, crash_result, ensure_base_scores
+from bench.run.memory_plan import DoesNotFit, check_fits
+
+# A sharded cell's Tune trial only drives its TorchTrainer: one byte of memory, because Ray
+# refuses an empty request and any CPU it held would be missing for the trainer's workers.
+DRIVER = {"memory": 1.0}
+
+
+def _trial(space: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one cell. Every metrics line goes to the driver through
+    ``tune.report`` (live progress, and Ray's TensorBoard / MLflow / W&B loggers)."""
+    start = time.perf_counter()
+    from ray import tune
+
+    config = from_dict(RunConfig, space["cell"], "<grid cell>")
+    ident = {"run_id": config.run_id, "method": config.method.name, "seed": config.seed,
+             "stages": cell_steps(config)[0]}
+
+    def report(record: dict[str, Any]) -> None:
+        tune.report({**ident, **{k: v for k, v in record.items() if isinstance(v, int | float)}})
+
+    result = run_cell(config, space["resources"][config.run_id], restart=space["restart"], progress=False,
+                      listeners=[report], timing={"setup_s": time.perf_counter() - start})
+    tune.report({**ident, "status_success": float(result.ok)})
+
+
+def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False,
+             device_bytes: int | None = None, verbose: bool = False) -> dict[str, int]:
+    """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
+    Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    for cell in grid.cells:
+        check_resources(resources(cell, grid.spec.resources), address)
+    with study_lock(grid.study_dir.resolve()):
+        too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
+        for cell, _ in too_big:
+            if cell_status(cell) != "success":
+                try:
+                    check_fits(cell, device_bytes)
+                except DoesNotFit as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    res.write_result(cell.run_dir, _failed(cell, e))
+        return _run_locked(grid, address, retry_failed, restart, verbose)
+
+
+def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
+    """Ray Tune's own tracker callbacks for ``[grid] loggers`` (TensorBoard is on by default:
+    Ray writes events of every reported metric under ``<study>/.ray/``)."""
+    out: list[Any] = []
+    if "mlflow" in names:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # a plain local folder, no database to set up
+        out.append(MLflowLoggerCallback(tracking_uri=(study_dir / "mlruns").as_uri(), experiment_name=study_dir.name))
+    if "wandb" in names:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        out.append(WandbLoggerCallback(project=study_dir.name, mode="offline", dir=str(study_dir)))
+    return out
+
+
+def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool) -> dict[str, int]:
+    from ray import tune
+
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
+    write_manifest(grid)
+    redo = {"failed"} if retry_failed else {"missing", "running", "corrupt"}
+    todo = [c for c in grid.cells if cell_status(c) in redo]
+    counts = {"total": len(grid.cells), "scheduled": len(todo)}
+    if not todo:
+        print(f"[grid] nothing to run: {len(grid.cells)} cells, none {' or '.join(sorted(redo))}", file=sys.stderr)
+        return {**counts, **summarize(grid)}
+    study_dir = grid.study_dir.resolve()
+    for backbone in sorted({c.backbone.name for c in todo}):
+        prepare_backbone(backbone)
+    firsts = {base_key(c): c for c in reversed(todo)}
+    for cell in firsts.values():  # once per backbone (and seed of a random-init one), before any trial
+        print(f"[grid] base scores of {cell.backbone.name}", file=sys.stderr, flush=True)
+        ensure_base_scores(cell)
+    per_trial = {c.run_id: resources(c, grid.spec.resources) for c in todo}
+
+    def trial_resources(space: dict[str, Any]) -> dict[str, float]:
+        cell = from_dict(RunConfig, space["cell"], "<grid cell>")
+        return DRIVER if cell.train.workers > 1 else per_trial[cell.run_id]
+
+    progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
+
+    class Callback(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN202
+            progress.report(str(result.get("run_id")), result)
+
+        def on_step_end(self, iteration, trials, **info):  # noqa: ANN001, ANN202
+            progress.tick()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
+            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
+            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=True)
+
+    cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
+    with ray_session(study_dir, address, verbose):
+        kinds = sorted({json.dumps(r, sort_keys=True) for r in per_trial.values()})
+        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {' or '.join(kinds)} per trial", file=sys.stderr)
+        tuner = tune.Tuner(
+            tune.with_resources(_trial, trial_resources),
+            param_space={"cell": tune.grid_search(cells), "resources": per_trial, "restart": restart},
+            tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None,
+                                        reuse_actors=True),  # no second round of imports per trial
+            run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
+                                      storage_path=str(study_dir / ".ray"), verbose=2 if verbose else 0,
+                                      callbacks=[Callback(), *logger_callbacks(grid.spec.loggers, study_dir)],
+                                      failure_config=tune.FailureConfig(max_failures=grid.spec.max_failures)),
+        )
+        outcome = tuner.fit()
+        for r in outcome:
+            if r.error is not None:
+                cell = from_dict(RunConfig, r.config["cell"], "<grid cell>")
+                if cell_status(cell) != "failed":
+                    try:
+                        _record_crash(cell, r.error)
+                    except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
+                        print(f"[grid] {cell.run_id} failed ({type(r.error).__name__}: {str(r.error)[-300:]}) and its "
+                              f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
+    # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
+    # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
+    unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
+    print_breakdown(todo)
+    return {**counts, **summarize(grid), "unfinished": unfinished}
+
+
+def _failed(config: RunConfig, error: BaseException) -> res.Result:
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    return crash_result(config, error)
+
+
+def _record_crash(config: RunConfig, error: BaseException) -> None:
+    """A trial died without writing its result (e.g. killed for memory): record it as failed."""
+    res.write_result(config.run_dir, _failed(config, error))
+
+
+def print_breakdown(cells: list[RunConfig]) -> None:
+    """One line per cell run this time: where its wall time went."""
+    for c in cells:
+        try:
+            result = res.read_result(c.run_dir)
+        except res.ResultError:
+            continue
+        if result is None or not result.train.timing:
+            continue
+        t = result.train.timing
+        parts = "  ".join(f"{k.removesuffix('_s')} {t[k]:.0f}s" for k in
+                          ("setup_s", "data_s", "model_s", "base_s", "plan_s", "train_s", "eval_s") if k in t)
+        wall = result.train.wall_s or 0.0
+        print(f"[grid] {c.run_id}: wall {clock(wall)}  {parts}", file=sys.stderr)
+
+

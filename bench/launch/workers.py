@@ -1,0 +1,77 @@
+"""Start the N processes of a sharded run (``train.workers = N``) with Ray Train.
+
+A ``TorchTrainer`` starts N worker actors (one GPU each when the cluster has GPUs, else CPU
+processes), joins them in one process group (NCCL on GPUs, gloo on CPU) and runs
+``worker_main`` on each: the ordinary ``bench.run.execution.execute``, which finds the process group and
+shards the model (``bench.engine.sharding``); rank 0 writes the result. Ray's placement group gives a
+trial all its workers at once or none (gang scheduling), so trials never deadlock on a partial
+set of GPUs. ``isobench run`` calls ``launch`` directly; a grid trial calls it from inside its Ray
+Tune trial (Ray Train V2's pattern for Train inside Tune: the trial is a small driver that holds
+no accelerator, and the trainer's workers ask for their own).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, from_dict, to_dict
+from bench.run import results as res
+
+
+def worker_resources(per_trial: dict[str, float], workers: int) -> dict[str, float]:
+    """One worker's share of a trial's resources (Ray's upper-case keys)."""
+    return {key.upper(): value / workers for key, value in per_trial.items() if value}
+
+
+def worker_main(payload: dict[str, Any]) -> None:
+    """Runs on every worker: the process group is already initialized by Ray Train."""
+    import torch
+
+    torch.set_num_threads(max(1, int(payload["threads"])))
+    if torch.cuda.is_available():
+        import ray.train.torch
+
+        torch.cuda.set_device(ray.train.torch.get_device())
+    from bench.run.execution import execute
+
+    config = from_dict(RunConfig, payload["cell"], "<sharded run>")
+    execute(config, progress=payload["progress"], force=payload["force"], restart=payload["restart"],
+            timing={"setup_s": time.time() - payload["started"]})
+
+
+def launch(config: RunConfig, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
+           progress: bool = True) -> res.Result:
+    """Run ``config`` on ``config.train.workers`` Ray Train workers (Ray must be initialized);
+    returns the result rank 0 wrote, or a failed result built from Ray's error."""
+    import torch
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from bench.run.execution import crash_result
+
+    workers = config.train.workers
+    share = worker_resources(per_trial, workers)
+    use_gpu = share.get("GPU", 0) > 0 or (not per_trial and torch.cuda.is_available())
+    payload = {"cell": to_dict(config), "threads": share.get("CPU", 1), "progress": progress, "force": force,
+               "restart": restart, "started": time.time()}
+    trainer = TorchTrainer(
+        worker_main, train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=share or None),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RayRunConfig(name=f"{config.run_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                storage_path=str((Path(config.results_dir) / config.study / ".ray").resolve())))
+    try:
+        trainer.fit()
+    except Exception as e:  # noqa: BLE001 - a worker died: recorded as the run's failure
+        result = res.read_result(config.run_dir)
+        if result is None or result.run.status == "running":
+            result = crash_result(config, e)
+            res.write_result(config.run_dir, result)
+        return result
+    result = res.read_result(config.run_dir)
+    if result is None:
+        raise RuntimeError(f"{config.run_id}: the workers finished without writing {config.run_dir / 'result.json'}")
+    return result

@@ -1,0 +1,117 @@
+"""Checks of a whole run config that need more than its own fields: the registries (method,
+options, tasks, judge), the file system (study name, results_dir, task sources, a local backbone
+folder) and the containment of the run folder inside ``results_dir`` (``RunConfig.run_dir``). All run before any
+model loads and before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import methods
+from bench import analysis
+from bench.backbones.registry import BACKBONES
+from bench.config import ConfigError, RunConfig, check_unique
+from bench.suite.judge import JUDGE_KEYS
+from bench.suite.tasks import TASKS
+
+
+def validate(config: RunConfig, where: str) -> RunConfig:
+    """Cross-field checks that need the registries (method name and options, task names),
+    paths (study, results_dir, task sources, a local backbone folder) and duplicates."""
+    check_study(config.study, where)
+    check_results_dir(config.results_dir, where)
+    try:
+        config.run_dir  # noqa: B018 - resolving it checks that it stays inside results_dir
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    check_backbone(config.backbone.name, where)
+    check_unique(config.tasks.names, "tasks.names", where)
+    for task, source in config.tasks.sources.items():
+        if source != "hub" and not Path(source).exists():
+            raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} does not exist; "
+                              f"allowed: 'hub' or an existing file or folder")
+
+    try:
+        methods.build(config.method.name, config.method.options)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
+    check_stages(config, where)
+    try:
+        analysis.check(dataclasses.asdict(config.analysis))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    unknown = [t for t in config.tasks.names if t not in TASKS]
+    if unknown or not config.tasks.names:
+        raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
+                          f"allowed: a non-empty list of {', '.join(TASKS)}")
+    for task in config.tasks.sources:
+        if task not in config.tasks.names or TASKS[task].loader is None:
+            raise ConfigError(f"{where}: key 'tasks.sources.{task}': not a paper task of tasks.names")
+    judge = config.eval.judge
+    if judge:
+        kind = judge.get("kind")
+        if kind not in JUDGE_KEYS:
+            raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: 'hf', 'openai'")
+        unknown = sorted(set(judge) - JUDGE_KEYS[kind]["allowed"])
+        missing = sorted(JUDGE_KEYS[kind]["required"] - set(judge))
+        if unknown or missing:
+            raise ConfigError(f"{where}: key 'eval.judge': unknown {unknown}, missing {missing}; allowed for "
+                              f"kind {kind!r}: {', '.join(sorted(JUDGE_KEYS[kind]['allowed']))}")
+    if config.eval.limit > config.tasks.test_size:
+        raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
+                          f"{config.tasks.test_size}")
+    return config
+
+
+def check_stages(config: RunConfig, where: str) -> None:
+    """The multistage regime's groups cover every task exactly once (or K fits the task count),
+    and a method that plans its own stages runs in that regime."""
+    names, groups = config.tasks.names, config.tasks.groups
+    if methods.get(config.method.name).plans_stages and config.regime != "multistage":
+        raise ConfigError(f"{where}: method {config.method.name!r} plans its own stages; bad value "
+                          f"{config.regime!r} for key 'regime'; allowed: 'multistage'")
+    if config.regime != "multistage":
+        return
+    flat = [t for g in groups for t in g]
+    if groups and (sorted(flat) != sorted(names) or any(not g for g in groups)):
+        raise ConfigError(f"{where}: bad value {groups!r} for key 'tasks.groups'; allowed: non-empty groups that "
+                          f"together name every task of tasks.names ({', '.join(names)}) exactly once")
+    if not groups and config.tasks.num_groups > len(names):
+        raise ConfigError(f"{where}: bad value {config.tasks.num_groups} for key 'tasks.num_groups'; allowed: "
+                          f"1 to {len(names)} (the number of tasks), or give tasks.groups")
+
+
+STUDY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_study(study: str, where: str) -> None:
+    """A study is one plain folder name: no '..', no absolute path, no separator."""
+    if not STUDY.match(study) or study in (".", ".."):
+        raise ConfigError(f"{where}: bad value {study!r} for key 'study'; allowed: a plain folder name "
+                          f"(letters, digits, '_', '.', '-'; no '/', no '..')")
+
+
+def check_results_dir(results_dir: str, where: str) -> None:
+    """``results_dir`` is a folder, or can become one (no regular file on its path)."""
+    path = Path(results_dir).expanduser()
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"{where}: bad value {results_dir!r} for key 'results_dir': {part} is a file, "
+                                  f"not a folder; allowed: a folder path")
+            return
+
+
+def check_backbone(name: str, where: str) -> None:
+    """A name that can only be a local folder must exist and hold a model config."""
+    if name in BACKBONES:
+        return
+    path = Path(name).expanduser()
+    local = path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if local and not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "holds no config.json"
+        raise ConfigError(f"{where}: bad value {name!r} for key 'backbone.name': the local folder {what}; "
+                          f"allowed: {', '.join(BACKBONES)}, a hub id (org/name) or a folder with config.json")

@@ -1,0 +1,92 @@
+"""Writing and reading a run's ``result.json`` (schema: ``reports.schema``), and the provenance
+that goes in it (versions, hardware, git commit and worktree state), so every number can be
+traced and reproduced."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import resource
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.files import atomic_write
+from reports.schema import Provenance, Result, ResultError, read_result_file
+
+RESULT = "result.json"
+REPO = Path(__file__).resolve().parents[2]  # the checkout bench/ lies in (no git there when installed)
+
+__all__ = ["RESULT", "Result", "ResultError", "provenance", "read_result", "write_result"]
+
+
+def write_result(run_dir: Path, result: Result) -> None:
+    atomic_write(run_dir / RESULT, result.to_json())
+
+
+def read_result(run_dir: Path) -> Result | None:
+    """The run's result; None when absent; ``ResultError`` (naming the file) when corrupt."""
+    return read_result_file(run_dir / RESULT)
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "peft", "lm_eval", "ray", "datasets", "isobench"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10,
+                              check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_state() -> dict[str, Any]:
+    """Commit, dirty flag and a hash of the uncommitted change (tracked diff + untracked files'
+    names and contents), so that two runs of different uncommitted code never look alike."""
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None, "git_diff_sha1": None}
+    diff = _git("diff", "HEAD", "--binary") or ""
+    untracked = [u for u in (_git("ls-files", "--others", "--exclude-standard") or "").splitlines() if u]
+    digest = hashlib.sha1(diff.encode())
+    for name in sorted(untracked):
+        digest.update(name.encode())
+        try:
+            digest.update((REPO / name).read_bytes())
+        except OSError:
+            continue
+    dirty = bool(diff or untracked)
+    return {"git_commit": commit.strip() or None, "git_dirty": dirty, "git_diff_sha1": digest.hexdigest() if dirty else None}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cpus": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info
+
+
+def provenance() -> Provenance:
+    return Provenance(versions=versions(), hardware=hardware(), **git_state())
+
+
+def peak_memory_bytes() -> int:
+    """CUDA max allocated on GPU, else the process's peak RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

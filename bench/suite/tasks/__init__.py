@@ -1,0 +1,49 @@
+"""Task registry and the materialized suite of a run (rows + lm-eval task files)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from bench.suite.tasks.base import Row, Task
+from bench.suite.tasks.lm_eval_files import FORMAT_VERSION, write_task_files
+from bench.suite.tasks.offline import OFFLINE_TASKS
+from bench.suite.tasks.paper import PAPER_TASKS, DataError
+from methods.registry import Registry
+
+TASKS: Registry[Task] = Registry("task")
+for _task in [*OFFLINE_TASKS, *PAPER_TASKS]:
+    TASKS.add(_task.name, _task)
+
+
+@dataclasses.dataclass
+class Suite:
+    """The rows of a run's tasks, with the folder holding their lm-eval YAML files."""
+
+    tasks: list[Task]
+    train: dict[str, list[Row]]
+    test: dict[str, list[Row]]
+    lm_eval_dir: Path
+
+    def chance(self) -> dict[str, float]:
+        return {t.name: t.chance(self.test[t.name]) for t in self.tasks}
+
+
+def build_suite(names: list[str], seed: int, train_size: int, test_size: int, root: Path,
+                max_gen_toks: int, sources: dict[str, str] | None = None) -> Suite:
+    """Load or generate (deterministically) and write the suite under ``root/<content hash>/``."""
+    sources = sources or {}
+    key = json.dumps([FORMAT_VERSION, names, seed, train_size, test_size, max_gen_toks, sorted(sources.items())]).encode()
+    folder = root / hashlib.sha1(key).hexdigest()[:10]
+    tasks = [TASKS[n] for n in names]
+    train, test = {}, {}
+    for task in tasks:
+        source = sources.get(task.name, "hub" if task.loader else "generated")
+        train[task.name], test[task.name] = task.split(seed, train_size, test_size, source)
+        if any(r["target"] is None for r in train[task.name] + test[task.name]):
+            raise DataError(f"task {task.name!r} from {source}: rows without a reference answer (prompts only) "
+                            f"can be neither trained on nor scored by ROUGE-L; use data with responses")
+        write_task_files(task, train[task.name], test[task.name], folder, max_gen_toks)
+    return Suite(tasks, train, test, folder / "lm_eval")

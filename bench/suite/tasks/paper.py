@@ -1,0 +1,234 @@
+"""The paper suite: GSM8K, CodeAlpaca, LogiQA, Alpaca, UltraChat.
+
+Each task loads from the hub by id through ``datasets`` (``source = "hub"``) or from a local file
+or folder in the upstream format (``source = "<path>"``):
+
+- GSM8K: jsonl with ``question`` / ``answer`` (reasoning, then ``#### <number>``); a folder
+  holds ``train.jsonl`` and ``test.jsonl``.
+- LogiQA: the 8-line text format (blank, answer letter, context, question, 4 options ``A.``..);
+  a folder holds ``Train.txt`` (or, when absent, ``Eval.txt`` for training) and ``Test.txt``.
+- CodeAlpaca, Alpaca: json list or jsonl of ``instruction`` / ``input`` / ``output``, or the
+  self-instruct seed format with ``instances: [{input, output}]``.
+- UltraChat: json list or jsonl with ``messages`` (user/assistant turns) or prompts only
+  (``data`` / ``prompt``): prompt-only data can be evaluated with a judge, not trained on.
+
+When a source has no separate test split, a held-out split is carved deterministically from the
+seed. A malformed file raises ``DataError`` naming the file, the line or item, and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.suite.tasks.base import Row, Task
+
+
+class DataError(ValueError):
+    """A data file that does not have the expected upstream format."""
+
+
+def read_records(path: Path) -> list[tuple[str, Any]]:
+    """(location, record) pairs of a json list or jsonl file; location is 'line N' / 'item N'."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a JSON list of objects") from None
+        return [(f"item {i}", r) for i, r in enumerate(items)]
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((f"line {i}", json.loads(line)))
+            except ValueError:
+                raise DataError(f"{path}: line {i}: not valid JSON; expected one JSON object per line") from None
+    return out
+
+
+def need(path: Path, where: str, record: Any, *keys: str) -> None:
+    if not isinstance(record, dict) or any(k not in record for k in keys):
+        raise DataError(f"{path}: {where}: expected an object with keys {', '.join(keys)}; got "
+                        f"{type(record).__name__} {str(record)[:80]!r}")
+
+
+def gsm8k_number(answer: str) -> str:
+    """The final number of a GSM8K answer ('#### 1,234' -> '1234')."""
+    return answer.split("####")[-1].strip().replace(",", "")
+
+
+def gsm8k_row(question: str, answer: str) -> Row:
+    solution = re.sub(r"<<[^>]*>>", "", answer).strip()  # drop calculator annotations
+    return {"prompt": f"Question: {question.strip()}\nAnswer:", "target": solution,
+            "eval_target": gsm8k_number(answer)}
+
+
+# "A.text", "A. text", "A) text", "A text", "A?text": the upstream file is not uniform.
+LOGIQA_OPTION = re.compile(r"^[A-D](?:[^\w\s]\s*|\s+)")
+
+
+def logiqa_row(letter: str, context: str, question: str, options: list[str]) -> Row:
+    """Options are placed by their own letter when all four carry distinct ones (one upstream
+    item lists them A, C, B, D); otherwise by position (the hub copy gives bare texts, and a few
+    upstream lines lost their prefix)."""
+    letters = [o.strip()[:1] if LOGIQA_OPTION.match(o.strip()) else "" for o in options]
+    if sorted(letters) == list("ABCD"):
+        by_letter = {x: LOGIQA_OPTION.sub("", o.strip(), count=1) for x, o in zip(letters, options)}
+        choices = [by_letter[x] for x in "ABCD"]
+    else:
+        choices = [LOGIQA_OPTION.sub("", o.strip(), count=1) for o in options]
+    lines = "\n".join(f"{'ABCD'[i]}. {c}" for i, c in enumerate(choices))
+    gold = "abcd".index(letter.strip().lower())
+    return {"prompt": f"Passage: {context.strip()}\nQuestion: {question.strip()}\n{lines}\nAnswer:",
+            "target": choices[gold], "choices": choices, "gold": gold}
+
+
+def instruction_row(instruction: str, inp: str, output: str | None) -> Row:
+    body = f"Instruction: {instruction.strip()}\n" + (f"Input: {inp.strip()}\n" if inp and inp.strip() else "")
+    return {"prompt": body + "Response:", "target": output.strip() if output is not None else None}
+
+
+# -- local formats -------------------------------------------------------------------------------
+def load_gsm8k_file(path: Path) -> list[Row]:
+    rows = []
+    for where, r in read_records(path):
+        need(path, where, r, "question", "answer")
+        if "####" not in r["answer"]:
+            raise DataError(f"{path}: {where}: expected the answer to end with '#### <number>'")
+        rows.append(gsm8k_row(r["question"], r["answer"]))
+    return rows
+
+
+def load_logiqa_file(path: Path) -> list[Row]:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if len(lines) % 8 not in (0, 7):
+        raise DataError(f"{path}: {len(lines)} lines; expected 8 lines per item (blank, letter, context, "
+                        f"question, 4 options)")
+    rows = []
+    for start in range(0, len(lines), 8):
+        item = lines[start:start + 8]
+        item += [""] * (8 - len(item))
+        where = f"item {start // 8} (line {start + 1})"
+        if item[0].strip() or item[1].strip().lower() not in ("a", "b", "c", "d"):
+            raise DataError(f"{path}: {where}: expected a blank line then an answer letter a-d, got {item[:2]!r}")
+        if not all(o.strip() for o in item[2:8]):
+            raise DataError(f"{path}: {where}: expected context, question and four non-empty option lines")
+        rows.append(logiqa_row(item[1], item[2], item[3], item[4:8]))
+    return rows
+
+
+def load_instruction_file(path: Path) -> list[Row]:
+    rows = []
+    for where, r in read_records(path):
+        if isinstance(r, dict) and "instances" in r:
+            need(path, where, r, "instruction", "instances")
+            for inst in r["instances"]:
+                need(path, where, inst, "input", "output")
+                rows.append(instruction_row(r["instruction"], inst["input"], inst["output"]))
+        else:
+            need(path, where, r, "instruction", "output")
+            rows.append(instruction_row(r["instruction"], r.get("input", ""), r["output"]))
+    return rows
+
+
+def load_chat_file(path: Path) -> list[Row]:
+    rows = []
+    for where, r in read_records(path):
+        if isinstance(r, dict) and "messages" in r:
+            turns = r["messages"]
+            user = next((m["content"] for m in turns if m.get("role") == "user"), None)
+            reply = next((m["content"] for m in turns if m.get("role") == "assistant"), None)
+            if user is None:
+                raise DataError(f"{path}: {where}: expected a user message in 'messages'")
+            rows.append(instruction_row(user, "", reply))
+        elif isinstance(r, dict) and ("data" in r or "prompt" in r):
+            text = r.get("data", r.get("prompt"))
+            rows.append(instruction_row(text if isinstance(text, str) else text[0], "", None))
+        else:
+            raise DataError(f"{path}: {where}: expected an object with 'messages', 'data' or 'prompt'")
+    return rows
+
+
+# -- the hub -------------------------------------------------------------------------------------
+def hub_rows(dataset: str, config: str | None, split: str, convert: Callable[[dict[str, Any]], Row]) -> list[Row]:
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(dataset, config, split=split)
+    except Exception as e:  # noqa: BLE001 - offline or unknown dataset: say which and how to fix
+        raise DataError(f"could not load {dataset} ({split}) from the hub: {type(e).__name__}: {e}. "
+                        f"Offline? Give a local copy with tasks.sources") from None
+    return [convert(r) for r in data]
+
+
+def _chat_from_hub(r: dict[str, Any]) -> Row:
+    user = next(m["content"] for m in r["messages"] if m["role"] == "user")
+    reply = next((m["content"] for m in r["messages"] if m["role"] == "assistant"), None)
+    return instruction_row(user, "", reply)
+
+
+HUB: dict[str, Callable[[], tuple[list[Row], list[Row] | None]]] = {
+    "gsm8k": lambda: (hub_rows("openai/gsm8k", "main", "train", lambda r: gsm8k_row(r["question"], r["answer"])),
+                      hub_rows("openai/gsm8k", "main", "test", lambda r: gsm8k_row(r["question"], r["answer"]))),
+    "logiqa": lambda: tuple(hub_rows("lucasmccabe/logiqa", None, s, lambda r: logiqa_row(
+        "abcd"[r["correct_option"]], r["context"], r["query"], r["options"])) for s in ("train", "test")),  # type: ignore[return-value]
+    "codealpaca": lambda: (hub_rows("sahil2801/CodeAlpaca-20k", None, "train",
+                                    lambda r: instruction_row(r["instruction"], r["input"], r["output"])), None),
+    "alpaca": lambda: (hub_rows("tatsu-lab/alpaca", None, "train",
+                                lambda r: instruction_row(r["instruction"], r["input"], r["output"])), None),
+    "ultrachat": lambda: (hub_rows("HuggingFaceH4/ultrachat_200k", None, "train_sft", _chat_from_hub),
+                          hub_rows("HuggingFaceH4/ultrachat_200k", None, "test_sft", _chat_from_hub)),
+}
+
+
+def local_rows(task: str, path: Path) -> tuple[list[Row], list[Row] | None]:
+    """(train, test or None) from a local file or folder in the upstream format."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (source of task {task!r})")
+    if task == "gsm8k":
+        if path.is_dir():
+            return load_gsm8k_file(path / "train.jsonl"), load_gsm8k_file(path / "test.jsonl")
+        return load_gsm8k_file(path), None
+    if task == "logiqa":
+        if path.is_dir():
+            train = path / "Train.txt" if (path / "Train.txt").is_file() else path / "Eval.txt"
+            return load_logiqa_file(train), load_logiqa_file(path / "Test.txt")
+        return load_logiqa_file(path), None
+    if path.is_dir():
+        files = sorted([*path.glob("*.json"), *path.glob("*.jsonl")])
+        if len(files) != 1:
+            raise DataError(f"{path}: expected exactly one .json/.jsonl file in the folder, found {len(files)}")
+        path = files[0]
+    return (load_chat_file(path) if task == "ultrachat" else load_instruction_file(path)), None
+
+
+def paper_split(task: Task, seed: int, train_size: int, test_size: int, source: str) -> tuple[list[Row], list[Row]]:
+    """Deterministic (train, test): the source's own test split when it has one, else carved."""
+    train, test = HUB[task.name]() if source == "hub" else local_rows(task.name, Path(source))
+    rng = random.Random(f"{task.name}:{seed}")
+    if test is None:
+        rows = list(train)
+        rng.shuffle(rows)
+        test, train = rows[:test_size], rows[test_size:]
+    else:
+        train, test = list(train), list(test)
+        rng.shuffle(train)
+        random.Random(f"{task.name}:{seed}:test").shuffle(test)
+    return train[:train_size], test[:test_size]
+
+
+PAPER_TASKS = [
+    Task("gsm8k", "math", "gsm8k", None, "GSM8K, exact match on the final number", loader=paper_split),
+    Task("codealpaca", "code", "open", None, "CodeAlpaca-20k, judge 1-10 or ROUGE-L", loader=paper_split),
+    Task("logiqa", "logic", "choice", None, "LogiQA, 4-way log-likelihood accuracy", loader=paper_split),
+    Task("alpaca", "instructions", "open", None, "Alpaca, judge 1-10 or ROUGE-L", loader=paper_split),
+    Task("ultrachat", "chat", "open", None, "UltraChat, judge 1-10 or ROUGE-L", loader=paper_split),
+]

@@ -1,0 +1,1 @@
+"""``python -m`` entry points for measurements (perf, numerics); imported by nobody."""
