@@ -9,7 +9,7 @@ event per mask change (size, fraction, entries per layer, Jaccard with the previ
 first mask).
 
 ``index`` format of ``isolate``: ``{parameter name: 1-D integer tensor of flat indices into that
-parameter}`` (as ``methods.masks.select_top_fraction`` returns); names absent from it isolate
+parameter}`` (as ``methods.selection.select_top_fraction`` returns); names absent from it isolate
 nothing.
 """
 

@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 import methods
-from bench import analysis, regimes
+from bench import analysis
 from bench.backbones.registry import tiny_llama
 from bench.config import TrainConfig
 from bench.engine.data import StageData, Stream, encode
 from bench.engine.observers import Observer
 from bench.engine.precision import Precision
 from bench.engine.train import Trainer
+from bench.run import regimes
 from bench.suite.tasks import TASKS
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The rules between folders (DESIGN sections 1, 12 and 14), checked on the source itself.
+"""The rules between folders, checked on the source itself (the README's "Layout" section says them).
 
 bench/ is built in wings, each a floor of one import direction::
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import regimes
 from bench.cli import main
 from bench.config import ConfigError, merge, parse_override
+from bench.run import regimes
 from bench.run.cells import load_run_config
 from methods.merging import connected_groups, overlap_matrix, slerp
 from tests.harness import FAST, Harness

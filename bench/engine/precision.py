@@ -1,7 +1,10 @@
 """The precision policy of a run (``train.precision``): the one place that decides the model's
 parameter dtype, the autocast of every forward (training, a method's calibration or probe,
-evaluation) and which optimizer applies the update. The loop and the methods never branch on
-precision; they ask this object.
+evaluation) and which optimizer applies the update. The loop and the methods ask this object
+for dtypes, autocast and the optimizer, and never compare a policy's name. What they do know of
+the optimizers this object builds: the loop puts a resumed LR back into torchao's tensor LR
+(``bench/engine/train.py``), and ``methods/importance.py`` reads Adam's second moment under the
+state keys of torch, torchao and torch-optimi.
 
 - ``fp32``: fp32 weights, fp32 AdamW state, fp32 compute (the CPU default).
 - ``bf16-mixed``: fp32 master weights and fp32 AdamW state, bf16 autocast compute (the GPU

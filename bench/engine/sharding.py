@@ -8,7 +8,7 @@ leaves the model whole and every function here is the plain one-process operatio
   ``_no_split_modules``), then on the root, on a 1-D device mesh over all ranks, with the
   precision's ``MixedPrecisionPolicy`` (compute in the autocast dtype, gradients reduced in
   fp32, master shards in the parameter dtype). Rank 0 first keeps a whole copy in host memory
-  for evaluation (``evaluation_model``).
+  for evaluation (``whole_model``).
 - the step: every rank draws the same rows; the step's micro-batches are dealt out in
   contiguous blocks (``my_micro_batches``: ``train.grad_accum`` is the number of micro-batches of
   the whole step and a multiple of the workers), so N workers compute exactly the micro-batches
@@ -40,12 +40,16 @@ T = TypeVar("T")
 class Sharding:
     """FSDP2 over the default process group, or nothing when there is none."""
 
-    def __init__(self, device: torch.device, enabled: bool | None = None) -> None:
+    def __init__(self, device: torch.device, enabled: bool | None = None, workers: int | None = None) -> None:
         """``enabled``: shard (default: whenever a process group exists; ``bench.tools.perf --fsdp``
-        shards in a one-process group to measure FSDP2's own cost)."""
+        shards in a one-process group to measure FSDP2's own cost). ``workers``: the run's
+        ``train.workers``, checked against the process group's size."""
         grouped = dist.is_available() and dist.is_initialized()
         self.active = grouped if enabled is None else enabled and grouped
         self.workers = dist.get_world_size() if self.active else 1
+        if workers is not None and workers != self.workers:
+            raise RuntimeError(f"train.workers = {workers}, but this process is one of {self.workers} "
+                               f"(the process group's size): they must be equal")
         self.rank = dist.get_rank() if self.active else 0
         self.device = device
         self.replica: nn.Module | None = None  # rank 0's whole copy, for evaluation
@@ -132,7 +136,7 @@ class Sharding:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
-    def evaluation_model(self, model: nn.Module) -> nn.Module | None:
+    def _gathered(self, model: nn.Module) -> nn.Module | None:
         """The whole model for evaluation: ``model`` itself in one process; sharded, every rank
         takes part in gathering the full state, rank 0 loads it into its host copy and gets it
         back on its device, the other ranks get None."""
@@ -151,17 +155,17 @@ class Sharding:
         """The whole model on rank 0 for the body (to evaluate or export it; the other ranks get
         None), released after it: rank 0's copy goes back to host memory and every rank waits
         for rank 0. In one process: ``model`` itself."""
-        whole = self.evaluation_model(model)
+        whole = self._gathered(model)
         try:
             yield whole
         finally:
-            self.after_evaluation()
+            self._release()
 
     def barrier(self) -> None:
         if self.active:
             barrier()
 
-    def after_evaluation(self) -> None:
+    def _release(self) -> None:
         """Rank 0's copy back to host memory; every rank waits for rank 0's evaluation."""
         if self.replica is not None:
             self.replica.to("cpu")

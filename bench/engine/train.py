@@ -13,7 +13,9 @@ the LR schedule and logging. Everything that varies between runs is a part it is
 
 ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue identically:
 model, optimizer, scheduler, method, observers, data-stream position, RNG states, counters and
-the log lines not yet written. There is no method- or precision-specific branch in this file.
+the log lines not yet written. There is no method-specific branch in this file. The one place
+that knows an optimizer's kind: a resumed stage puts its LR back into each param group as a
+float, or into the tensor torchao's optimizers keep it in.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -38,6 +40,8 @@ from bench.engine.precision import Precision
 from bench.engine.run_log import RunLog
 from bench.engine.sharding import Sharding
 from methods.base import Method, PlanContext, StageContext, StagePlan
+
+T = TypeVar("T")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -243,6 +247,42 @@ class Trainer:
         set_rng_state(state["rng"])
         self.scheduler = _Saved(state["scheduler"]) if state["scheduler"] is not None else None
         self._resume_stream = state["stream"]
+
+    # -- what a run asks of the trainer ------------------------------------------------------------
+    def on_exported_model(self, fn: Callable[[nn.Module], T]) -> T:
+        """``fn(the method's export of the whole model)`` under the run's autocast, on rank 0 of
+        a sharded run (which gathers the whole model) with its value sent to every rank."""
+        with self.sharding.whole_model(self.model) as whole:
+            def on_writer() -> T:
+                assert whole is not None
+                with self.precision.autocast():
+                    return fn(self.method.export(whole))
+
+            return self.sharding.on_writer(on_writer)
+
+    def save_final(self, folder: Path, tokenizer: Any) -> None:
+        """``folder/model`` (a plain HF model, e.g. LoRA merged) plus the method's extras; a
+        sharded run gathers the whole model on rank 0, which writes them."""
+        with self.sharding.whole_model(self.model) as whole:
+            if whole is not None:
+                self.method.export(whole).save_pretrained(folder / "model")
+                tokenizer.save_pretrained(folder / "model")
+                self.method.save_extras(whole, folder)
+
+    def save_checkpoint(self) -> None:
+        """A checkpoint now (after a stage), when the run keeps checkpoints."""
+        if self.checkpointer is not None:
+            self.checkpointer.save(self)
+
+    def report(self) -> dict[str, Any]:
+        """What result.json's ``train`` section takes from the trainer: the loss summary, the
+        precision, the checkpoint statistics, each observer's summary and the method's stats."""
+        self.flush()
+        checkpoint = ({} if self.checkpointer is None
+                      else dict(self.checkpointer.stats, every=self.checkpointer.every))
+        return {"summary": self.summary(), "precision": self.precision.describe(), "checkpoint": checkpoint,
+                "observers": {o.name: o.summary() for o in self.observers if o.summary() is not None},
+                "method_stats": self.method.stats(), "workers": self.sharding.workers}
 
     def summary(self) -> dict[str, Any]:
         """Loss curve summary and throughput for result.json."""

@@ -1,10 +1,13 @@
 """One run, end to end, in named steps: load the suite, build the parts (precision, backbone,
 method, trainer), measure the base scores, train and evaluate every stage of the regime, and
 write ``result.json`` (schema: ``reports.schema``) atomically whatever happens: ``run.status``
-says how it ended.
+says how it ended. Each step returns what it found; ``execute`` alone assembles the result.
 
-A run whose result says ``success`` is never redone unless ``force``; a failed run records the
-error type, message and the step it reached, and is redone from scratch on the next attempt.
+A run whose result says ``success`` is never redone unless ``force``. A failed run records the
+error type, message and the step it reached. Its next attempt resumes from the run's last
+in-run checkpoint when it kept one (``train.checkpoint_every``; on by default on GPUs, so a
+deterministic failure such as a NaN at a given step repeats from there: ``--restart`` starts
+over), else it starts from step 0.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from bench.suite.judge import build_judge
 from bench.suite.tasks import Suite, build_suite
 from bench.suite.tasks.lm_eval_files import FORMAT_VERSION
 from methods.base import StagePlan
-from reports.schema import ErrorInfo, Result, RunInfo, StageResult
+from reports.schema import ErrorInfo, Evaluation, Result, RunInfo, StageResult, TrainInfo
 
 
 def seed_everything(seed: int) -> None:
@@ -67,7 +70,7 @@ def ensure_base_scores(config: RunConfig) -> None:
     backbone before its trials start, so no two trials measure the same thing)."""
     if base_path(config).is_file():
         return
-    suite = load_suite(config, new_result(config))
+    suite = load_suite(config)
     precision = Precision.from_config(config.train.precision, device())
     model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
     judge = build_judge(config.eval.judge) if config.eval.judge else None
@@ -90,37 +93,36 @@ def base_path(config: RunConfig) -> Path:
     return Path(config.results_dir) / config.study / "base" / f"{digest}.json"
 
 
-def new_result(config: RunConfig) -> Result:
-    """The result skeleton of a run that is starting."""
-    info = RunInfo(run_id=config.run_id, study=config.study, status="running", method=config.method.name,
+def new_run_info(config: RunConfig) -> RunInfo:
+    """The ``run`` section of a run that is starting."""
+    return RunInfo(run_id=config.run_id, study=config.study, status="running", method=config.method.name,
                    regime=config.regime, backbone=config.backbone.name, seed=config.seed,
                    tasks=list(config.tasks.names), config=to_dict(config),
                    started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return Result(run=info, provenance=res.provenance())
 
 
-def load_suite(config: RunConfig, result: Result) -> Suite:
-    """The run's tasks (generated or loaded, written as lm-eval tasks) and what they are."""
-    suite = build_suite(config.tasks.names, config.tasks.data_seed, config.tasks.train_size,
-                        config.tasks.test_size, Path(config.results_dir) / config.study / "data",
-                        config.eval.max_gen_toks, config.tasks.sources)
-    ev = result.evaluation
-    ev.metrics = {t.name: t.metric for t in suite.tasks}
-    ev.scorers = {t.name: t.scorer for t in suite.tasks}
-    ev.data_rows = {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name])} for t in suite.tasks}
-    ev.chance = {t.name: t.chance(suite.test[t.name][:config.eval.limit]) for t in suite.tasks}
-    return suite
+def load_suite(config: RunConfig) -> Suite:
+    """The run's tasks (generated or loaded, written as lm-eval tasks)."""
+    return build_suite(config.tasks.names, config.tasks.data_seed, config.tasks.train_size,
+                       config.tasks.test_size, Path(config.results_dir) / config.study / "data",
+                       config.eval.max_gen_toks, config.tasks.sources)
 
 
-def open_checkpoint(config: RunConfig, result: Result, restart: bool,
-                    sharding: Sharding) -> tuple[Checkpointer, dict[str, Any] | None]:
-    """The run's checkpointer and its last checkpoint (None: start from step 0). A resumed run
-    takes the stage results it had measured; a fresh one starts with empty logs. Every rank of
-    a sharded run reads its own file; only rank 0 deletes anything."""
+def describe_suite(config: RunConfig, suite: Suite) -> dict[str, Any]:
+    """What the tasks are, for the ``evaluation`` section: metrics, scorers, rows and chance."""
+    return {"metrics": {t.name: t.metric for t in suite.tasks}, "scorers": {t.name: t.scorer for t in suite.tasks},
+            "data_rows": {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name])}
+                          for t in suite.tasks},
+            "chance": {t.name: t.chance(suite.test[t.name][:config.eval.limit]) for t in suite.tasks}}
+
+
+def open_checkpoint(config: RunConfig, restart: bool, sharding: Sharding,
+                    snapshot: Callable[[], dict[str, Any]]) -> tuple[Checkpointer, dict[str, Any] | None]:
+    """The run's checkpointer and its last checkpoint (None: start from step 0); ``snapshot``
+    gives what a checkpoint keeps of the result being built. A fresh run starts with empty logs.
+    Every rank of a sharded run reads its own file; only rank 0 deletes anything."""
     every = config.train.checkpoint_interval(torch.cuda.is_available())
-    checkpointer = Checkpointer(config.run_dir, config.config_hash, every,
-                                lambda: {"evaluation": copy.deepcopy(result.evaluation),
-                                         "resumed_from": list(result.run.resumed_from)}, sharding)
+    checkpointer = Checkpointer(config.run_dir, config.config_hash, every, snapshot, sharding)
     if restart:
         checkpointer.discard()
     saved = checkpointer.load()
@@ -128,8 +130,6 @@ def open_checkpoint(config: RunConfig, result: Result, restart: bool,
         if sharding.writes:
             RunLog(config.run_dir).clear_files()  # logs of an earlier attempt without a checkpoint
         return checkpointer, None
-    result.evaluation = saved["run"]["evaluation"]
-    result.run.resumed_from = [*saved["run"]["resumed_from"], saved["step"]]
     if sharding.writes:
         print(f"[run] {config.run_id}: resuming from the checkpoint at step {saved['step']}", file=sys.stderr)
     return checkpointer, saved
@@ -154,82 +154,54 @@ def build_trainer(config: RunConfig, precision: Precision, method: methods.Metho
     return trainer
 
 
-def keep_final_weights(config: RunConfig, trainer: Trainer, tokenizer: Any) -> None:
-    """``<run_dir>/final/model`` (plain HF model, e.g. LoRA merged) plus the method's extras
-    (a sharded run gathers the whole model on rank 0, which writes them)."""
-    whole = trainer.sharding.evaluation_model(trainer.model)
-    if whole is not None:
-        folder = config.run_dir / "final"
-        trainer.method.export(whole).save_pretrained(folder / "model")
-        tokenizer.save_pretrained(folder / "model")
-        trainer.method.save_extras(whole, folder)
-    trainer.sharding.after_evaluation()
-
-
 def evaluate_stage(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any) -> dict[str, Any]:
     """Scores of every task on the exported model; a sharded run gathers the whole model on
     rank 0, which evaluates while the others wait, and every rank gets rank 0's scores."""
-    whole = trainer.sharding.evaluation_model(trainer.model)
+    return trainer.on_exported_model(lambda model: evaluate(model, tokenizer, suite, config.eval, judge=judge))
 
-    def scores() -> dict[str, Any]:
-        assert whole is not None
-        with trainer.precision.autocast():
-            return evaluate(trainer.method.export(whole), tokenizer, suite, config.eval, judge=judge)
 
-    try:
-        return trainer.sharding.on_writer(scores)
-    finally:
-        trainer.sharding.after_evaluation()
+def stage_result(stage: Any, steps_done: int, scores: dict[str, Any]) -> StageResult:
+    return StageResult(stage=stage.index, trained_on=stage.tasks, steps_done=steps_done,
+                       scores={t: s["score"] for t, s in scores.items()}, nll={t: s["nll"] for t, s in scores.items()},
+                       details={t: {k: v for k, v in s.items() if k not in ("score", "nll")} for t, s in scores.items()})
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
-                       result: Result, timing: dict[str, float], everything: StageData) -> None:
+                       evaluation: Evaluation, timing: dict[str, float], everything: StageData,
+                       precision: Precision) -> None:
     """The stage plan (the regime's, or the method's), then every stage: train, then evaluate
-    all tasks on the exported model."""
+    all tasks on the exported model. ``evaluation`` is the result's section, extended after
+    every stage so that a checkpoint keeps the stages measured so far."""
     features, balanced = everything.rows, config.tasks.mix == "balanced"
-    if not result.evaluation.plan:  # a resumed run keeps the plan it had made
+    if not evaluation.plan:  # a resumed run keeps the plan it had made
         with timed(timing, "plan_s"):
             chosen = trainer.plan_stages(regime_plan(config), everything, config.seed)
-        result.evaluation.plan = {"groups": chosen.groups, **chosen.details}
-    done = len(result.evaluation.stages)  # stages a resumed run had already evaluated
-    for stage in stages(StagePlan(result.evaluation.plan["groups"]))[done:]:
+        evaluation.plan = {"groups": chosen.groups, **chosen.details}
+    done = len(evaluation.stages)  # stages a resumed run had already evaluated
+    for stage in stages(StagePlan(evaluation.plan["groups"]))[done:]:
         rows = {t: features[t] for t in stage.tasks}
         stream = Stream(rows, f"{config.seed}:{stage.index}", balanced)
-        data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, trainer.on,
-                         config.seed, balanced, trainer.precision)
+        data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, precision.device,
+                         config.seed, balanced, precision)
         trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
         with timed(timing, "eval_s"):
             scores = evaluate_stage(config, trainer, suite, tokenizer, judge)
-        result.evaluation.stages.append(StageResult(
-            stage=stage.index, trained_on=stage.tasks, steps_done=trainer.step,
-            scores={t: s["score"] for t, s in scores.items()}, nll={t: s["nll"] for t, s in scores.items()},
-            details={t: {k: v for k, v in s.items() if k not in ("score", "nll")} for t, s in scores.items()}))
-        result.evaluation.scorers = {t: s["scorer"] for t, s in scores.items()}
-        if trainer.checkpointer is not None:
-            trainer.checkpointer.save(trainer)
+        evaluation.stages.append(stage_result(stage, trainer.step, scores))
+        evaluation.scorers = {t: s["scorer"] for t, s in scores.items()}
+        trainer.save_checkpoint()
 
 
-def record_failure(result: Result, error: BaseException, trainer: Trainer | None) -> None:
-    result.run.status = "failed"
-    result.run.error = ErrorInfo(type=type(error).__name__, message=str(error),
-                                 step=getattr(error, "step", trainer.step if trainer else None),
-                                 traceback=traceback.format_exc()[-5000:])
+def error_info(error: BaseException, step: int | None) -> ErrorInfo:
+    return ErrorInfo(type=type(error).__name__, message=str(error), step=getattr(error, "step", step),
+                     traceback=traceback.format_exc()[-5000:])
 
 
-def finish(result: Result, trainer: Trainer | None, method: methods.Method | None, wall_s: float) -> None:
+def train_info(trainer: Trainer | None, method: methods.Method | None, wall_s: float, workers: int) -> TrainInfo:
     """Training statistics, method statistics and timing, whatever the outcome."""
-    if trainer is not None:
-        trainer.flush()
-        result.train.summary = trainer.summary()
-        result.train.precision = trainer.precision.describe()
-        if trainer.checkpointer is not None:
-            result.train.checkpoint = dict(trainer.checkpointer.stats, every=trainer.checkpointer.every)
-        result.train.observers = {o.name: o.summary() for o in trainer.observers if o.summary() is not None}
-    if method is not None:
-        result.train.method_stats = method.stats()
-    result.train.wall_s = wall_s
-    result.train.peak_memory_bytes = res.peak_memory_bytes()
-    result.run.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report = trainer.report() if trainer is not None else {
+        "method_stats": method.stats() if method is not None else {}}
+    return TrainInfo(**report, wall_s=wall_s, peak_memory_bytes=res.peak_memory_bytes(),
+                     **({} if trainer is not None else {"workers": workers}))
 
 
 @contextlib.contextmanager
@@ -255,18 +227,24 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     if previous is not None and previous.ok and not force:
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = new_result(config)
+    run, evaluation, provenance = new_run_info(config), Evaluation(), res.provenance()
     start = time.perf_counter()
     trainer = method = None
     timing = dict(timing or {})
     precision = Precision.from_config(config.train.precision, device())
-    sharding = Sharding(precision.device)  # a process group exists when Ray Train started N workers
+    sharding = Sharding(precision.device, workers=config.train.workers)  # Ray Train started the process group
     try:
         with timed(timing, "checkpoint_read_s"):
-            checkpointer, saved = open_checkpoint(config, result, restart or force, sharding)
+            checkpointer, saved = open_checkpoint(config, restart or force, sharding, lambda: {
+                "evaluation": copy.deepcopy(evaluation), "resumed_from": list(run.resumed_from)})
+        if saved is not None:  # a resumed run takes the stage results it had measured
+            evaluation = saved["run"]["evaluation"]
+            run.resumed_from = [*saved["run"]["resumed_from"], saved["step"]]
         seed_everything(config.seed)
         with timed(timing, "data_s"):
-            suite = sharding.writer_first(lambda: load_suite(config, result))  # rank 0 writes the task files
+            suite = sharding.writer_first(lambda: load_suite(config))  # rank 0 writes the task files
+        for key, value in describe_suite(config, suite).items():
+            setattr(evaluation, key, value)
         with timed(timing, "model_s"):
             model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
         if config.train.activation_checkpointing:
@@ -275,31 +253,33 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         judge = build_judge(config.eval.judge) if config.eval.judge else None
         if saved is None:
             with precision.autocast(), timed(timing, "base_s"):
-                result.evaluation.base = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
+                evaluation.base = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
         features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
         everything = all_tasks_data(config, features, tokenizer.pad_token_id, precision)
         trainer = build_trainer(config, precision, method, model, everything, progress, checkpointer, saved,
                                 list(listeners or []), sharding)
-        train_and_evaluate(config, trainer, suite, tokenizer, judge, result, timing, everything)
+        train_and_evaluate(config, trainer, suite, tokenizer, judge, evaluation, timing, everything, precision)
         if config.train.keep_final_weights:
-            keep_final_weights(config, trainer, tokenizer)
+            trainer.save_final(config.run_dir / "final", tokenizer)
         checkpointer.discard()
-        result.run.status = "success"
+        run.status = "success"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then the grid goes on
-        record_failure(result, e, trainer)
+        run.status = "failed"
+        run.error = error_info(e, trainer.step if trainer else None)
     finally:
-        finish(result, trainer, method, time.perf_counter() - start)
-        timing["train_s"] = result.train.summary.get("train_s") or 0.0
-        result.train.timing = {k: round(v, 3) for k, v in timing.items()}
-        result.train.workers = sharding.workers
-        if result.run.status != "running" and sharding.writes:  # Ctrl-C leaves no result: the run is simply missing
+        train = train_info(trainer, method, time.perf_counter() - start, sharding.workers)
+        timing["train_s"] = train.summary.get("train_s") or 0.0
+        train.timing = {k: round(v, 3) for k, v in timing.items()}
+        run.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        result = Result(run=run, evaluation=evaluation, train=train, provenance=provenance)
+        if run.status != "running" and sharding.writes:  # Ctrl-C leaves no result: the run is simply missing
             res.write_result(run_dir, result)
     return result
 
 
 def crash_result(config: RunConfig, error: BaseException) -> Result:
     """The result of a trial that died without writing one (e.g. killed for memory)."""
-    result = new_result(config)
-    result.run.status = "failed"
-    result.run.error = ErrorInfo(type=type(error).__name__, message=str(error)[-2000:])
-    return result
+    run = new_run_info(config)
+    run.status = "failed"
+    run.error = ErrorInfo(type=type(error).__name__, message=str(error)[-2000:])
+    return Result(run=run, provenance=res.provenance())

@@ -41,7 +41,7 @@ import torch
 
 import methods
 from bench import analysis
-from bench.backbones.registry import resolve
+from bench.backbones.registry import device, resolve
 from bench.config import RunConfig
 from bench.engine.precision import Precision
 
@@ -167,7 +167,7 @@ def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None =
     if shape is None:
         return None
     w = workers or config.train.workers
-    precision = Precision.from_config(config.train.precision, torch.device("cuda"))
+    precision = Precision.from_config(config.train.precision, device())  # "auto" as on this machine
     model = meta_model(shape, precision.param_dtype)
     method = methods.build(config.method.name, config.method.options)
     model = method.prepare(method.adapt(model))
@@ -203,7 +203,7 @@ def workers_to_fit(config: RunConfig, device_bytes: int, most: int = 64) -> int 
 def knobs(config: RunConfig, device_bytes: int | None = None) -> str:
     """What could make a cell fit, in the order a user would try them."""
     out = []
-    policy = Precision.from_config(config.train.precision, torch.device("cuda"))
+    policy = Precision.from_config(config.train.precision, device())
     if policy.bytes_per_trainable_param > 8:
         out.append(f"train.precision = 'bf16-sr' (8 B/param of weights, gradients and AdamW state instead of "
                    f"{policy.bytes_per_trainable_param})")

@@ -1,0 +1,44 @@
+"""The docs name only what exists: every repo path and every ``python -m`` module that README.md
+and docs/ mention is in the checkout (a renamed or moved file fails this test, not a reader)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A path inside the repo: starts at one of its top-level folders (not results/, a run's output).
+PATH = re.compile(r"(?<![\w./<>~$-])((?:bench|methods|reports|core|configs|docs|tests|\.ci)/[\w./*-]*[\w*/])")
+MODULE = re.compile(r"python3? -m ([\w.]+)")
+# Modules of other packages a doc may show (`python -m pytest`, `python -m venv`...).
+OTHERS = {"pytest", "venv", "pip", "http.server"}
+# Files a doc asks the reader to create.
+TO_CREATE = {"methods/my_method.py"}
+
+
+def mentions(pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    return sorted({(doc.name, m) for doc in DOCS for m in pattern.findall(doc.read_text())})
+
+
+@pytest.mark.parametrize("doc, path", mentions(PATH))
+def test_every_path_in_the_docs_exists(doc, path):
+    path = path.rstrip(".")
+    if path in TO_CREATE:
+        return
+    assert any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists(), f"{doc} names {path}, which does not exist"
+
+
+@pytest.mark.parametrize("doc, module", mentions(MODULE))
+def test_every_python_m_module_in_the_docs_exists(doc, module):
+    if module in OTHERS:
+        return
+    assert importlib.util.find_spec(module) is not None, f"{doc} runs python -m {module}, which does not exist"
+
+
+def test_the_check_sees_a_moved_file():
+    assert PATH.findall("see `bench/perf.py` and bench/engine/train.py.") == ["bench/perf.py", "bench/engine/train.py"]
+    assert not (ROOT / "bench/perf.py").exists()
