@@ -38,32 +38,35 @@ def analysis_table(runs: Sequence[Run], regime: str, methods: Sequence[str], nam
                  [None] * len(columns), note, decimals=2)
 
 
+# Each analysis table: (result key, table name, columns as (header, value of the run's summary), note).
+DRIFT = ("importance_drift", "drift", [
+    ("snapshots", lambda s: float(s["snapshots"])),
+    ("J prev (mean)", lambda s: mean(s["jaccard_prev"])),
+    ("J prev (min)", lambda s: min((x for x in s["jaccard_prev"] if x is not None), default=None)),
+    ("J first (last)", lambda s: s["jaccard_first"][-1]),
+    ("ρ prev (mean)", lambda s: mean(s["spearman_prev"])),
+], "Importance drift (analysis.importance_drift): an fp32 EMA of g² over the trainable parameters (or "
+   "AdamW's second moment with source = adam_v), snapshotted every N steps. "
+   "J prev = Jaccard of the top-rho set with the previous snapshot's (mean, "
+   "and min over snapshots); J first = the last snapshot's Jaccard with the first; ρ prev = Spearman "
+   "correlation of per-tensor mean importance with the previous snapshot (mean). 1.0 = static.")
+CONFLICT = ("gradient_conflict", "conflict", [
+    ("measurements", lambda s: float(s["measurements"])),
+    ("cos (mean)", lambda s: mean(s["mean_cosine"])),
+    ("cos (min)", lambda s: min((c for m in s["cosines"] for c in m.values() if c is not None), default=None)),
+    ("neg. pairs %", lambda s: None if (m := mean(s["negative_fraction"])) is None else 100 * m),
+], "Gradient conflict (analysis.gradient_conflict; our definition, after PCGrad: two task gradients "
+   "conflict when their cosine is negative). Every N steps one gradient per task on fixed batches of its "
+   "training rows, nothing updated. cos = pairwise cosine over all trainable parameters (mean over pairs "
+   "and measurements; min over all); neg. % = share of negative pairs, mean over measurements.")
+
+
 def drift_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> Table | None:
     """Is importance static? Jaccard of each snapshot's top-rho set with the previous and the
     first snapshot, Spearman correlation of per-tensor mean importance with the previous one."""
-    note = ("Importance drift (analysis.importance_drift): an fp32 EMA of g² over the trainable parameters (or "
-            "AdamW's second moment with source = adam_v), snapshotted every N steps. "
-            "J prev = Jaccard of the top-rho set with the previous snapshot's (mean, "
-            "and min over snapshots); J first = the last snapshot's Jaccard with the first; ρ prev = Spearman "
-            "correlation of per-tensor mean importance with the previous snapshot (mean). 1.0 = static.")
-    return analysis_table(runs, regime, methods, "importance_drift", "drift", [
-        ("snapshots", lambda s: float(s["snapshots"])),
-        ("J prev (mean)", lambda s: mean(s["jaccard_prev"])),
-        ("J prev (min)", lambda s: min((x for x in s["jaccard_prev"] if x is not None), default=None)),
-        ("J first (last)", lambda s: s["jaccard_first"][-1]),
-        ("ρ prev (mean)", lambda s: mean(s["spearman_prev"])),
-    ], note)
+    return analysis_table(runs, regime, methods, *DRIFT)
 
 
 def conflict_table(runs: Sequence[Run], regime: str, methods: Sequence[str]) -> Table | None:
     """Mean pairwise cosine of task gradients and the fraction of conflicting (negative) pairs."""
-    note = ("Gradient conflict (analysis.gradient_conflict; our definition, after PCGrad: two task gradients "
-            "conflict when their cosine is negative). Every N steps one gradient per task on fixed batches of its "
-            "training rows, nothing updated. cos = pairwise cosine over all trainable parameters (mean over pairs "
-            "and measurements; min over all); neg. % = share of negative pairs, mean over measurements.")
-    return analysis_table(runs, regime, methods, "gradient_conflict", "conflict", [
-        ("measurements", lambda s: float(s["measurements"])),
-        ("cos (mean)", lambda s: mean(s["mean_cosine"])),
-        ("cos (min)", lambda s: min((c for m in s["cosines"] for c in m.values() if c is not None), default=None)),
-        ("neg. pairs %", lambda s: None if (m := mean(s["negative_fraction"])) is None else 100 * m),
-    ], note)
+    return analysis_table(runs, regime, methods, *CONFLICT)

@@ -31,7 +31,7 @@ def test_bad_choice_lists_allowed_values(tmp_path):
 
 
 def test_bad_type_and_minimum(tmp_path):
-    with pytest.raises(ConfigError, match="key 'train.batch_size' must be of type int"):
+    with pytest.raises(ConfigError, match="bad value '8' for key 'train.batch_size'; allowed: an integer"):
         load_run_config(write(tmp_path, '[train]\nbatch_size = "8"\n'))
     with pytest.raises(ConfigError, match="train.steps_per_stage.*>= 1"):
         load_run_config(write(tmp_path, "[train]\nsteps_per_stage = 0\n"))

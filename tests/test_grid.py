@@ -131,9 +131,9 @@ def test_kill_9_of_the_driver_then_rerun_finishes_exactly_the_missing_cells(tmp_
     assert all(after[k]["run"]["started_at"] == v for k, v in before.items())  # finished cells not redone
     dirs = [p for p in (tmp_path / "results" / "g").iterdir() if p.is_dir() and p.name[0] not in "._"]
     assert len([d for d in dirs if (d / "result.json").exists()]) == 4
-    from bench.launch.grid import _ray_temp_dir, reap
+    from bench.launch.ray_session import ray_temp_dir, reap
 
-    assert reap(_ray_temp_dir(tmp_path / "results" / "g")) == 0  # no Ray process left behind
+    assert reap(ray_temp_dir(tmp_path / "results" / "g")) == 0  # no Ray process left behind
 
 
 def test_grid_killed_with_its_trials_resumes_from_checkpoints(tmp_path):
@@ -152,9 +152,9 @@ def test_grid_killed_with_its_trials_resumes_from_checkpoints(tmp_path):
     time.sleep(3)  # both trials now hang after step 5; their checkpoints hold step 4
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    from bench.launch.grid import _ray_temp_dir, reap
+    from bench.launch.ray_session import ray_temp_dir, reap
 
-    reap(_ray_temp_dir(study))
+    reap(ray_temp_dir(study))
     assert not statuses(tmp_path)
     del env["ISOBENCH_FAULT_AT_STEP"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

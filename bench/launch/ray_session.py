@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _ray_temp_dir(study_dir: Path) -> Path:
+def ray_temp_dir(study_dir: Path) -> Path:
     digest = hashlib.sha1(str(study_dir.resolve()).encode()).hexdigest()[:8]
     return Path(tempfile.gettempdir()) / f"isobench-ray-{digest}"
 
@@ -41,7 +41,7 @@ def start_ray(study_dir: Path, address: str | None, verbose: bool) -> Path:
     (reaping Ray processes a killed driver left there); returns that temp dir."""
     import ray
 
-    temp_dir = _ray_temp_dir(study_dir)
+    temp_dir = ray_temp_dir(study_dir)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     if not verbose:  # Ray's banner, trial table and hints; the status blocks say what matters
