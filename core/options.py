@@ -101,7 +101,7 @@ def build(cls: type, table: Any, *, where: str = "", what: str = "option", prefi
     values = {}
     for name, value in table.items():
         key, tp, meta = prefix + name, hints[name], fields[name].metadata
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[name] = build(tp, value, where=where, what=what, prefix=key + ".", renamed=renamed, error=error)
             continue
         value, problem = check_value(value, tp)

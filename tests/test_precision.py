@@ -117,3 +117,18 @@ def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
         check_fits(cell(1), 80 * GiB)
     needed = int(re.search(r"train.workers = (\d+)", str(refused.value)).group(1))
     assert plan_cell(cell(needed), 80 * GiB).fits and not plan_cell(cell(needed // 2), 80 * GiB).fits
+
+
+def test_the_memory_plan_resolves_auto_for_the_device_it_runs_on(monkeypatch):
+    """``auto`` is fp32 on a CPU and bf16-mixed on a GPU, in the plan as in the run."""
+    import bench.run.memory_plan as memory_plan
+
+    config = from_dict(RunConfig, {"backbone": {"name": "random-llama-135m"}, "train": {"precision": "auto"}}, "<test>")
+    fixed = {name: plan_cell(from_dict(RunConfig, {"backbone": {"name": "random-llama-135m"},
+                                                   "train": {"precision": name}}, "<test>"), None)
+             for name in ("fp32", "bf16-mixed")}
+    assert fixed["fp32"].activations != fixed["bf16-mixed"].activations  # the two plans can be told apart
+    monkeypatch.setattr(memory_plan, "device", lambda: torch.device("cpu"))
+    assert plan_cell(config, None) == fixed["fp32"]
+    monkeypatch.setattr(memory_plan, "device", lambda: torch.device("cuda"))
+    assert plan_cell(config, None) == fixed["bf16-mixed"]

@@ -147,3 +147,26 @@ def test_two_workers_match_one_process(name: str, runs: tuple[dict[str, Any], li
             torch.testing.assert_close(b["weights"][n], w, atol=1e-5, rtol=1e-4, msg=f"rank {rank}: {n}")
     if methods.get(name).isolates:
         assert any(m.any() for mask in a["masks"] for m in mask.values()), f"{name} isolated nothing: vacuous"
+
+
+def test_a_worker_refuses_a_process_group_of_another_size() -> None:
+    from bench.engine.sharding import Sharding
+
+    assert Sharding(torch.device("cpu"), workers=1).workers == 1
+    with pytest.raises(RuntimeError, match="train.workers = 2, but this process is one of 1"):
+        Sharding(torch.device("cpu"), workers=2)
+
+
+def test_one_resource_policy_for_grid_trials_and_single_runs(monkeypatch) -> None:
+    import os
+
+    from bench.config import RunConfig, from_dict
+    from bench.launch.dispatch import resources
+
+    cell = from_dict(RunConfig, {"train": {"workers": 2, "grad_accum": 2}}, "<test>")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resources(cell) == {"cpu": 2.0}  # a grid packs trials: one CPU per worker
+    assert resources(cell, alone=True) == {"cpu": float(os.cpu_count())}  # isobench run: the whole machine
+    assert resources(cell, {"cpu": 3}) == {"cpu": 3.0}  # [grid] resources
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resources(cell) == {"gpu": 2.0, "cpu": 2.0}
