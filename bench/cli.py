@@ -83,7 +83,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.train.workers > 1:
         print(f"sharded over {config.train.workers} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}",
               file=sys.stderr)
-    result = run_cell(config, resources(config, alone=True), force=args.force, restart=args.restart, own_session=True)
+    from bench.run.execution import RunBusy
+
+    try:
+        result = run_cell(config, resources(config, alone=True), force=args.force, restart=args.restart,
+                          own_session=True)
+    except RunBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     error = result.run.error
     print(f"{result.run.run_id}: {result.run.status}"
           + (f" ({error.type}: {error.message}, step {error.step})" if error else ""))
@@ -153,12 +160,13 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.report import report
+    from reports.load import DamagedLog
+    from reports.report import ReportRefused, report
 
     split = (lambda text: [x for x in text.split(",") if x] if text else None)  # noqa: E731
     try:
         print(report(args.study, methods=split(args.methods), tasks=split(args.tasks), out_dir=args.out))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ReportRefused, DamagedLog) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

@@ -45,12 +45,44 @@ class Run:
         return [e for e in self.events if e.get("kind") == kind]
 
 
+class DamagedLog(ValueError):
+    """A line of a run's log that is not a JSON object; the message names the file and line."""
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file; ``DamagedLog`` names the file and line of one that is not."""
+    out = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DamagedLog(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DamagedLog(f"{path}: line {number} is not a JSON object")
+        out.append(record)
+    return out
+
+
 def _read_events(run_dir: Path) -> list[dict[str, Any]]:
     events = []
     for path in sorted((run_dir / "events").glob("*.jsonl")):
-        source = path.stem
-        events += [{"source": source, **json.loads(line)} for line in path.read_text().splitlines() if line.strip()]
+        events += [{"source": path.stem, **record} for record in read_json_lines(path)]
     return events
+
+
+def read_manifest(study_dir: Path) -> dict[str, Any]:
+    """``<study>/grid.json``, or {} when absent; ``DamagedLog`` naming it when it cannot be read."""
+    manifest = study_dir / "grid.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        data = json.loads(manifest.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DamagedLog(f"{manifest}: not valid JSON ({e}); the next 'isobench grid' of the study rewrites it, "
+                         f"or delete it") from None
+    return data if isinstance(data, dict) else {}
 
 
 # Keys that differ between runs pooled as seeds of one row, or that never change a result.
@@ -122,12 +154,15 @@ def load_study(study_dir: str | Path) -> list[Run]:
         if r is None:
             continue
         info = r.run
-        problem = inconsistency(r) if r.ok else None
+        problem = f"{path}: {inconsistency(r)}" if r.ok and inconsistency(r) else None
+        try:
+            events = _read_events(path.parent)
+        except DamagedLog as e:
+            problem, events = str(e), []
         runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed,
                                 "corrupt" if problem else info.status, None if problem else r,
-                                _read_events(path.parent), f"{path}: {problem}" if problem else None, info.config)
-    manifest = study_dir / "grid.json"
-    data = json.loads(manifest.read_text()) if manifest.is_file() else {}
+                                events, problem, info.config)
+    data = read_manifest(study_dir)
     grids = data.get("grids")
     expected = {i for ids in grids.values() for i in ids} if grids else None
     for cell in data.get("cells", []):
@@ -147,5 +182,4 @@ def load_study(study_dir: str | Path) -> list[Run]:
 
 def method_order(study_dir: str | Path) -> list[str]:
     """The order of methods in the study's grid files (``grid.json``), for table rows."""
-    manifest = Path(study_dir) / "grid.json"
-    return list(json.loads(manifest.read_text()).get("methods", [])) if manifest.is_file() else []
+    return list(read_manifest(Path(study_dir)).get("methods", []))

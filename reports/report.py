@@ -6,6 +6,7 @@ nor ray, so it runs wherever the result files are.
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import tempfile
@@ -44,20 +45,69 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+MARK = ".isobench-report"  # in every folder a report wrote: a later report may replace it
+
+
+class ReportRefused(ValueError):
+    """A report that cannot be made as asked: ``--out`` names a folder a report must not replace
+    (the study, a folder holding it, someone else's files), or ``--tasks``/``--methods`` names
+    what the study does not hold."""
+
+
+def check_names(given: Sequence[str] | None, known: Sequence[str], option: str, study_dir: Path) -> None:
+    """Every name of ``--tasks`` / ``--methods`` is one the study holds (a typo would give an empty column)."""
+    unknown = [g for g in given or [] if g not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ReportRefused(f"{option} {','.join(unknown)}: not in {study_dir}{hint}; allowed: {', '.join(known)}")
+
+
+def check_out(out: Path, study_dir: Path, default: bool) -> None:
+    """A report replaces ``out`` whole, so ``out`` must be new, empty, marked as written by a
+    report, or the study's own ``tables/``; never the study or a folder that contains it."""
+    study, target = study_dir.resolve(), out.resolve()
+    if target == study or study.is_relative_to(target):
+        raise ReportRefused(f"--out {out}: {'is' if target == study else 'contains'} the study {study_dir}; a report "
+                         f"replaces its output folder whole: give a new or empty folder")
+    if target.exists() and not target.is_dir():
+        raise ReportRefused(f"--out {out}: is a file; give a new or empty folder")
+    if default or not target.is_dir() or (target / MARK).is_file() or not any(target.iterdir()):
+        return
+    raise ReportRefused(f"--out {out}: holds files that no isobench report wrote (no {MARK} in it); a report replaces "
+                     f"its output folder whole: give a new or empty folder")
+
+
+def clean_leftovers(out: Path) -> None:
+    """Remove the half-built folders of a report that was killed while writing ``out``."""
+    for left in out.parent.glob(f".{out.name}.new-*"):
+        shutil.rmtree(left, ignore_errors=True)
+    for left in out.parent.glob(f".{out.name}.old-*"):
+        shutil.rmtree(left, ignore_errors=True)
+
+
 def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
            out_dir: str | Path | None = None) -> str:
-    """Rebuild ``<study>/tables/`` (or ``out_dir``) and return the main table(s) as Markdown for
-    the terminal. Tables are written into a folder beside it and swapped in only when all are
-    done: a failed report leaves the previous tables as they were."""
+    """Rebuild ``<study>/tables/`` (or ``out_dir``: a new or empty folder, or one an earlier
+    report wrote; ``check_out``) and return the main table(s) as Markdown for the terminal.
+    Tables are written into a folder beside it and swapped in only when all are done: a failed
+    report leaves the previous tables as they were, and the next report removes what a killed
+    one left behind."""
     study_dir = Path(study_dir)
     runs = load_study(study_dir)
     if not runs:
         raise FileNotFoundError(f"{study_dir}: no result.json found under it")
-    out = Path(out_dir) if out_dir is not None else study_dir / "tables"
+    check_names(tasks, sorted({t for r in runs if r.result is not None for t in r.result.run.tasks}), "--tasks",
+                study_dir)
+    check_names(methods, sorted({r.method for r in runs}), "--methods", study_dir)
+    out = Path(out_dir).expanduser() if out_dir is not None else study_dir / "tables"
+    check_out(out, study_dir, default=out_dir is None)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging)
+        write(staging / MARK, "written by isobench report; a later report replaces this folder whole\n")
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)

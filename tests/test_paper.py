@@ -57,15 +57,16 @@ def test_local_formats_and_malformed_files(tmp_path):
     (tmp_path / "bad.txt").write_text("\n".join(["", "e", *LOGIQA_ITEM[2:]]))
     with pytest.raises(DataError, match=r"bad.txt: item 0 \(line 1\): expected a blank line then an answer letter"):
         local_rows("logiqa", tmp_path / "bad.txt")
-    with pytest.raises(DataError, match="no such file"):
+    with pytest.raises(DataError, match="missing.json: does not exist"):
         local_rows("alpaca", tmp_path / "missing.json")
 
 
 def test_carved_test_split_is_deterministic_and_disjoint(tmp_path):
     rows = [{"instruction": f"task {i}", "input": "", "output": f"out {i}"} for i in range(30)]
     (tmp_path / "a.json").write_text(json.dumps(rows))
-    train, test = paper_split(TASKS["codealpaca"], 0, 100, 5, str(tmp_path / "a.json"))
-    assert (train, test) == paper_split(TASKS["codealpaca"], 0, 100, 5, str(tmp_path / "a.json"))
+    train, test, notes = paper_split(TASKS["codealpaca"], 0, 100, 5, str(tmp_path / "a.json"))
+    assert (train, test, notes) == paper_split(TASKS["codealpaca"], 0, 100, 5, str(tmp_path / "a.json"))
+    assert notes["duplicates_removed"] == 0 and len(notes["source_sha256"]) == 64
     assert len(test) == 5 and len(train) == 25 and not {r["prompt"] for r in train} & {r["prompt"] for r in test}
 
 

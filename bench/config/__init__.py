@@ -4,7 +4,16 @@ names as constants) and its loading from TOML and ``--set``. No torch, nothing e
 The names most callers need are re-exported here: ``from bench.config import RunConfig``.
 """
 
-from bench.config.loading import Replace, check_unique, from_dict, merge, parse_override, read_toml, resolve_sources
+from bench.config.loading import (
+    Replace,
+    check_unique,
+    expand_home,
+    from_dict,
+    merge,
+    parse_override,
+    read_toml,
+    resolve_sources,
+)
 from bench.config.schema import (
     ADDED_LATER,
     OPERATIONAL,
@@ -26,5 +35,5 @@ from bench.config.schema import (
 
 __all__ = ["ADDED_LATER", "OPERATIONAL", "POLICIES", "REGIMES", "RENAMED", "AnalysisConfig", "BackboneConfig",
            "ConfigError", "EvalConfig", "MethodSpec", "Replace", "RunConfig", "TasksConfig", "TrainConfig",
-           "check_unique", "field", "from_dict", "lookup", "merge", "parse_override", "read_toml",
+           "check_unique", "expand_home", "field", "from_dict", "lookup", "merge", "parse_override", "read_toml",
            "resolve_sources", "to_dict"]

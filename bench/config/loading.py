@@ -4,6 +4,7 @@ naming the file, the dotted key and what is allowed."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,26 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
 
 
+def expand_home(data: dict[str, Any]) -> dict[str, Any]:
+    """``~`` in ``results_dir`` and in local ``tasks.sources`` expanded, once, here: every user of
+    these paths (run folders, task data, the base-score cache) then sees the same folder."""
+    out = dict(data)
+    if isinstance(out.get("results_dir"), str):
+        out["results_dir"] = os.path.expanduser(out["results_dir"])
+    tasks = out.get("tasks")
+    if isinstance(tasks, dict) and isinstance(tasks.get("sources"), dict):
+        out["tasks"] = {**tasks, "sources": {t: os.path.expanduser(v) if isinstance(v, str) and v != "hub" else v
+                                             for t, v in tasks["sources"].items()}}
+    return out
+
+
 def resolve_sources(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """Make relative ``tasks.sources`` paths absolute, relative to the config file's folder."""
     sources = data.get("tasks", {}).get("sources")
     if not isinstance(sources, dict):
         return data
+    data = expand_home(data)
+    sources = data["tasks"]["sources"]
     base = Path(path).resolve().parent
     fixed = {t: s if s == "hub" or not isinstance(s, str) or Path(s).is_absolute() else str((base / s).resolve())
              for t, s in sources.items()}

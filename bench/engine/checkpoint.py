@@ -6,8 +6,14 @@ a run done in one go.
   (atomic; the last complete checkpoint is always readable, and disk use stays at one copy).
 - Saved every ``train.checkpoint_every`` optimizer steps and after every stage's evaluation.
 - It holds the resolved-config hash; a checkpoint of another config is refused, never mixed.
-- The log files (``metrics.jsonl``, ``events/*.jsonl``) are cut back to their size at save time
-  on resume, and the lines buffered then are restored, so no step line is lost or doubled.
+- It holds the text of the log files (``metrics.jsonl``, ``events/*.jsonl``) as they were at
+  save time and the lines buffered then; on resume the files are rewritten from that copy, so a
+  log that a crash left shorter, longer or damaged comes back exactly, and no step line is lost
+  or doubled. The file is fsynced before its rename, so a checkpoint never names a state that
+  did not reach the disk.
+- It is read with ``torch.load(weights_only=True)``: tensors and plain data, plus the types the
+  run names (``safe_types``, its result dataclasses). A file holding anything else, a truncated
+  or damaged file, is refused with its path and the ``--restart`` hint, before anything trains.
 - A sharded run (``bench.engine.sharding``) saves one file per rank, each holding that rank's blocks of
   the model, the optimizer and the method's state: ``checkpoint/step-<N>/rank<r>.pt``. When
   every rank has written its file, rank 0 points ``checkpoint/latest`` at step N (atomic
@@ -22,6 +28,7 @@ itself (or sleep) right after optimizer step K: the fault injection the resume t
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -41,13 +48,25 @@ class CheckpointMismatch(RuntimeError):
     """A checkpoint written by another resolved config (or format) than the run's."""
 
 
+class CheckpointUnreadable(RuntimeError):
+    """A checkpoint that cannot be read safely: damaged, truncated, or holding code."""
+
+
+class CheckpointNotWritten(RuntimeError):
+    """A checkpoint that could not be written (e.g. a full disk); the previous one is kept."""
+
+
+RESTART = "rerun with --restart to discard the checkpoint and start from step 0"
+
+
 class Checkpointer:
     """Saves and loads one run's checkpoint; ``extra()`` gives the run's own progress (stage
     scores so far) to store beside the trainer state."""
 
     def __init__(self, run_dir: Path, config_hash: str, every: int, extra: Callable[[], dict[str, Any]],
-                 sharding: Sharding | None = None) -> None:
+                 sharding: Sharding | None = None, safe_types: tuple[type, ...] = ()) -> None:
         self.folder, self.config_hash, self.every, self.extra = run_dir / CHECKPOINT_DIR, config_hash, every, extra
+        self.safe_types = list(safe_types)
         self.sharding = sharding or Sharding(torch.device("cpu"), enabled=False)
         self.stats: dict[str, Any] = {"saves": 0, "bytes": None, "write_s": 0.0, "read_s": None}
         self.first_step = 0  # the step this attempt started from (0, or where it resumed)
@@ -94,7 +113,15 @@ class Checkpointer:
         tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
         try:
             torch.save(payload, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, path)
+            _fsync_folder(path.parent)
+        except (OSError, RuntimeError) as e:
+            free = shutil.disk_usage(path.parent).free
+            raise CheckpointNotWritten(f"{path}: the checkpoint at step {trainer.step} could not be written "
+                                       f"({str(e).splitlines()[0][:200]}; {free / 2**20:.0f} MiB free on that disk); "
+                                       f"the previous checkpoint is kept") from None
         finally:
             tmp.unlink(missing_ok=True)
         self._commit(trainer.step)
@@ -112,17 +139,25 @@ class Checkpointer:
             return None
         if written != self.sharding.workers:
             raise CheckpointMismatch(f"{self.folder}: written by {written} worker(s), but this run has train.workers = "
-                                     f"{self.sharding.workers}: resume with the same train.workers, or rerun with "
-                                     f"--restart to discard the checkpoint and start from step 0.")
+                                     f"{self.sharding.workers}: resume with the same train.workers, or {RESTART}.")
         start = time.perf_counter()
         on = self.sharding.device if self.sharding.active else "cpu"  # a rank's blocks stay on its device
-        payload = torch.load(self.path, weights_only=False, map_location=on)
+        try:
+            with torch.serialization.safe_globals(self.safe_types):
+                payload = torch.load(self.path, weights_only=True, map_location=on)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is refused the same way
+            first = str(e).split("\n")[0] if "Weights only load failed" not in str(e) else next(
+                (x.strip() for x in str(e).splitlines() if "GLOBAL" in x), "it holds code or unknown types")
+            raise CheckpointUnreadable(f"{self.path}: cannot be read as a checkpoint ({type(e).__name__}: "
+                                       f"{first[:300]}); {RESTART}") from None
+        if not isinstance(payload, dict):
+            raise CheckpointUnreadable(f"{self.path}: not a checkpoint (a {type(payload).__name__}); {RESTART}")
         self.stats["read_s"] = time.perf_counter() - start
         if payload.get("format") != FORMAT or payload.get("config_hash") != self.config_hash:
             raise CheckpointMismatch(
                 f"{self.path}: written for config hash {payload.get('config_hash')!r} (format {payload.get('format')}), "
                 f"but this run's resolved config hashes to {self.config_hash!r}: refusing to mix them. "
-                f"Rerun with --restart to discard the checkpoint and start from step 0.")
+                f"{RESTART[0].upper() + RESTART[1:]}.")
         self.first_step = payload["step"]
         return payload
 
@@ -131,6 +166,15 @@ class Checkpointer:
         if self.sharding.writes and self.folder.is_dir():
             _remove(self.folder)
         self.sharding.barrier()
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(folder: Path) -> None:

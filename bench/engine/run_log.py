@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.files import atomic_write
+
 METRICS = "metrics.jsonl"
 EVENTS_DIR = "events"
 
@@ -60,24 +62,43 @@ class RunLog:
         return [p for p in [self.run_dir / METRICS, *sorted((self.run_dir / EVENTS_DIR).glob("*.jsonl"))] if p.is_file()]
 
     def state_dict(self) -> dict[str, Any]:
-        """Buffered lines, and the size of every log file on disk now (see ``load_state_dict``)."""
+        """Buffered lines, and the text of every log file on disk now (see ``load_state_dict``)."""
         assert self.run_dir is None or all(p.is_relative_to(self.run_dir) for p in self.files())
         return {"metrics": list(self.metrics), "events": {k: list(v) for k, v in self.events.items()},
-                "on_disk": {str(p.relative_to(self.run_dir)): p.stat().st_size for p in self.files()}
+                "on_disk_text": {str(p.relative_to(self.run_dir)): p.read_text() for p in self.files()}
                 if self.run_dir is not None else {}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the buffers and cut every log file back to its size at save time (lines
-        written after the save are written again by the resumed run, never twice)."""
+        """Restore the buffers and rewrite every log file as it was at save time: lines written
+        after the save are written again by the resumed run, never twice, and a file a crash
+        left shorter or damaged is restored, never extended or cut blindly. A checkpoint of an
+        earlier format holds only the files' sizes: a file shorter than its recorded size is
+        then refused (``LogBehind``), since its lost lines cannot be restored."""
         self.metrics = list(state["metrics"])
         self.events = {k: list(v) for k, v in state["events"].items()}
         if self.run_dir is None:
             return
-        sizes = state.get("on_disk", {})
+        texts = state.get("on_disk_text")
+        if texts is None:
+            return self._cut_to_sizes(state.get("on_disk", {}))
+        for path in self.files():
+            if str(path.relative_to(self.run_dir)) not in texts:
+                path.unlink()
+        for name, text in texts.items():
+            atomic_write(self.run_dir / name, text)
+
+    def _cut_to_sizes(self, sizes: dict[str, int]) -> None:
         for path in self.files():
             size = sizes.get(str(path.relative_to(self.run_dir)))
             if size is None:
                 path.unlink()
+            elif path.stat().st_size < size:
+                raise LogBehind(f"{path}: {path.stat().st_size} bytes, shorter than the {size} the checkpoint "
+                                f"recorded (lines were lost after it was saved); rerun with --restart")
             else:
                 with open(path, "r+b") as f:
                     f.truncate(size)
+
+
+class LogBehind(RuntimeError):
+    """A log file shorter than the checkpoint it belongs to."""

@@ -38,7 +38,7 @@ from bench.launch.ray_session import ray_session
 from bench.launch.study_lock import study_lock
 from bench.run import results as res
 from bench.run.cells import Grid
-from bench.run.execution import base_key, crash_result, ensure_base_scores
+from bench.run.execution import RunBusy, base_key, crash_result, ensure_base_scores
 from bench.run.memory_plan import DoesNotFit, check_fits
 
 # A sharded cell's Tune trial only drives its TorchTrainer: one byte of memory, because Ray
@@ -59,8 +59,13 @@ def _trial(space: dict[str, Any]) -> None:
     def report(record: dict[str, Any]) -> None:
         tune.report({**ident, **{k: v for k, v in record.items() if isinstance(v, int | float)}})
 
-    result = run_cell(config, space["resources"][config.run_id], restart=space["restart"], progress=False,
-                      listeners=[report], timing={"setup_s": time.perf_counter() - start})
+    try:
+        result = run_cell(config, space["resources"][config.run_id], restart=space["restart"], progress=False,
+                          listeners=[report], timing={"setup_s": time.perf_counter() - start})
+    except RunBusy as e:  # an `isobench run` of this cell holds it: its own result will say how it ended
+        print(f"[grid] {config.run_id} not run: {e}", file=sys.stderr)
+        tune.report({**ident, "status_success": 0.0})
+        return
     tune.report({**ident, "status_success": float(result.ok)})
 
 
@@ -105,7 +110,7 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
 
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
     write_manifest(grid)
-    redo = {"failed"} if retry_failed else {"missing", "running", "corrupt"}
+    redo = {"failed"} if retry_failed else {"missing", "running", "corrupt", "stale"}
     todo = [c for c in grid.cells if cell_status(c) in redo]
     counts = {"total": len(grid.cells), "scheduled": len(todo)}
     if not todo:

@@ -4,21 +4,26 @@ cell the study's grid files expect) and the counts of a grid's cell statuses."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bench.config import RunConfig, to_dict
 from bench.files import atomic_write
 from bench.run import results as res
 from bench.run.cells import Grid
+from bench.run.execution import stale_sources
 
 
 def cell_status(config: RunConfig) -> str:
-    """success | failed | running | missing | corrupt (a result file that cannot be read)."""
+    """success | failed | running | missing | corrupt (a result file that cannot be read) |
+    stale (a success measured on a data file that has changed since: run again)."""
     try:
         result = res.read_result(config.run_dir)
     except res.ResultError:
         return "corrupt"
-    return "missing" if result is None else result.run.status
+    if result is None:
+        return "missing"
+    return "stale" if result.ok and stale_sources(config, result) else result.run.status
 
 
 def write_manifest(grid: Grid) -> None:
@@ -27,8 +32,12 @@ def write_manifest(grid: Grid) -> None:
     edited grid file are shown as old, not as missing; and the grids' method order."""
     path = grid.study_dir / "grid.json"
     cells, order, grids = {}, [], {}
-    if path.is_file():
-        old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"[grid] {path}: not valid JSON ({e}); rewritten from this grid file's cells", file=sys.stderr)
+        old = None
+    if isinstance(old, dict):
         cells, order = {c["run_id"]: c for c in old["cells"]}, list(old.get("methods", []))
         grids = dict(old.get("grids", {}))
     order += [m for m in dict.fromkeys(c.method.name for c in grid.cells) if m not in order]

@@ -4,10 +4,11 @@ work starts, so a fault says what happened instead of surfacing as a second fail
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from bench.files import hold_lock
 
 LOCK = ".grid.lock"
 
@@ -34,24 +35,13 @@ def check_writable(study_dir: Path) -> None:
 
 @contextlib.contextmanager
 def study_lock(study_dir: Path) -> Iterator[None]:
-    """Hold ``<study>/.grid.lock`` (an OS lock: released even when the process is killed) for
-    the duration; a second grid on the same study is refused at once, naming the holder."""
+    """Hold ``<study>/.grid.lock`` for the duration; a second grid on the same study is refused
+    at once, naming the holder. (Each run holds its own lock too: ``bench.run.execution``.)"""
     check_writable(study_dir)
-    with open(study_dir / LOCK, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "?"
-            raise StudyBusy(f"another isobench grid (pid {holder}) is running on {study_dir}; every cell runs "
-                            f"once: wait for it to finish, then run this command again") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+    def busy(holder: str) -> StudyBusy:
+        return StudyBusy(f"another isobench grid (pid {holder}) is running on {study_dir}; every cell runs "
+                         f"once: wait for it to finish, then run this command again")
+
+    with hold_lock(study_dir / LOCK, busy):
+        yield

@@ -37,6 +37,7 @@ from bench.config import (
     ConfigError,
     RunConfig,
     check_unique,
+    expand_home,
     from_dict,
     merge,
     parse_override,
@@ -150,7 +151,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     """Read and expand a grid file; every cell is validated before anything runs."""
     where = str(path)
     file_data = resolve_sources(read_toml(path), path)
-    data = merge(file_data, overrides or {})
+    data = expand_home(merge(file_data, overrides or {}))
     spec_data = data.pop("grid", {})
     spec = from_dict(GridSpec, spec_data, where, "grid.")
     check_spec(spec, spec_data, file_data, overrides or {}, where)
@@ -179,7 +180,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
                                         **(base.method.options if method == base.method.name else {}), **options}}}
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
-            config = from_dict(RunConfig, merge(data, cell), where)
+            config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
             cells.append(validate(config, where))
     ids = [c.run_id for c in cells]
     if len(set(ids)) != len(ids):
@@ -199,5 +200,5 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     data = resolve_sources(read_toml(path), path)
     if "grid" in data:
         raise ConfigError(f"{path}: has a [grid] table: run it with 'isobench grid {path}'")
-    data = merge(data, overrides or {})
+    data = expand_home(merge(data, overrides or {}))
     return validate(from_dict(RunConfig, data, str(path)), str(path))

@@ -15,7 +15,7 @@ from bench import analysis
 from bench.backbones.registry import BACKBONES
 from bench.config import ConfigError, RunConfig, check_unique
 from bench.suite.judge import JUDGE_KEYS
-from bench.suite.tasks import TASKS
+from bench.suite.tasks import TASKS, source_problem
 
 
 def validate(config: RunConfig, where: str) -> RunConfig:
@@ -30,9 +30,10 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     check_backbone(config.backbone.name, where)
     check_unique(config.tasks.names, "tasks.names", where)
     for task, source in config.tasks.sources.items():
-        if source != "hub" and not Path(source).exists():
-            raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} does not exist; "
-                              f"allowed: 'hub' or an existing file or folder")
+        problem = source_problem(task, Path(source)) if source != "hub" else None
+        if problem:
+            raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} {problem}; "
+                              f"allowed: 'hub' or an existing file, or a folder with the task's files")
 
     try:
         methods.build(config.method.name, config.method.options)
@@ -50,6 +51,12 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     for task in config.tasks.sources:
         if task not in config.tasks.names or TASKS[task].loader is None:
             raise ConfigError(f"{where}: key 'tasks.sources.{task}': not a paper task of tasks.names")
+    want = config.tasks.train_size + config.tasks.test_size
+    for name in sorted(config.tasks.names, key=lambda n: TASKS[n].distinct or 0):  # the tightest bound first
+        most = TASKS[name].distinct
+        if most is not None and want > most:
+            raise ConfigError(f"{where}: tasks.train_size + tasks.test_size = {want}, but task {name!r} has "
+                              f"{most} distinct prompts; allowed: at most {most} together")
     judge = config.eval.judge
     if judge:
         kind = judge.get("kind")

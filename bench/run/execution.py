@@ -38,15 +38,17 @@ from bench.engine.run_log import RunLog
 from bench.engine.sentinel import LostUpdateSentinel
 from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
-from bench.files import atomic_write
+from bench.files import atomic_write, hold_lock
 from bench.run import results as res
 from bench.run.regimes import regime_plan, stages
 from bench.suite.evaluate import evaluate
 from bench.suite.judge import build_judge
-from bench.suite.tasks import Suite, build_suite
+from bench.suite.tasks import Suite, build_suite, source_digests
 from bench.suite.tasks.lm_eval_files import FORMAT_VERSION
 from methods.base import StagePlan
 from reports.schema import ErrorInfo, Evaluation, Result, RunInfo, StageResult, TrainInfo
+
+RUN_LOCK = ".run.lock"
 
 
 def seed_everything(seed: int) -> None:
@@ -85,7 +87,23 @@ def base_key(config: RunConfig) -> str:
     key["tasks"] = {k: v for k, v in key["tasks"].items() if k not in ("groups", "num_groups")}  # stages only
     key["seed"] = config.seed if resolve(config.backbone.name).random_init else None
     key["format"] = FORMAT_VERSION
+    digests = source_digests(config.tasks.sources)
+    if digests:  # a rewritten data file is another suite (absent for generated tasks: old keys stay)
+        key["source_sha256"] = digests
     return json.dumps(key, sort_keys=True)
+
+
+def stale_sources(config: RunConfig, result: Result) -> list[str]:
+    """The tasks whose local source file changed since ``result`` was measured: such a result is
+    not returned as done, it is run again."""
+    digests = source_digests(config.tasks.sources)
+    rows = result.evaluation.data_rows
+    return [t for t, d in digests.items() if rows.get(t, {}).get("source_sha256") != d]
+
+
+def is_done(config: RunConfig, result: Result | None) -> bool:
+    """A successful result of this cell, measured on the data its sources hold now."""
+    return result is not None and result.ok and not stale_sources(config, result)
 
 
 def base_path(config: RunConfig) -> Path:
@@ -111,8 +129,8 @@ def load_suite(config: RunConfig) -> Suite:
 def describe_suite(config: RunConfig, suite: Suite) -> dict[str, Any]:
     """What the tasks are, for the ``evaluation`` section: metrics, scorers, rows and chance."""
     return {"metrics": {t.name: t.metric for t in suite.tasks}, "scorers": {t.name: t.scorer for t in suite.tasks},
-            "data_rows": {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name])}
-                          for t in suite.tasks},
+            "data_rows": {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name]),
+                                   **suite.notes.get(t.name, {})} for t in suite.tasks},
             "chance": {t.name: t.chance(suite.test[t.name][:config.eval.limit]) for t in suite.tasks}}
 
 
@@ -122,7 +140,8 @@ def open_checkpoint(config: RunConfig, restart: bool, sharding: Sharding,
     gives what a checkpoint keeps of the result being built. A fresh run starts with empty logs.
     Every rank of a sharded run reads its own file; only rank 0 deletes anything."""
     every = config.train.checkpoint_interval(torch.cuda.is_available())
-    checkpointer = Checkpointer(config.run_dir, config.config_hash, every, snapshot, sharding)
+    checkpointer = Checkpointer(config.run_dir, config.config_hash, every, snapshot, sharding,
+                                safe_types=(Evaluation, StageResult))  # what ``snapshot`` holds besides plain data
     if restart:
         checkpointer.discard()
     saved = checkpointer.load()
@@ -224,15 +243,44 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
         previous = res.read_result(run_dir)
     except res.ResultError:
         previous = None  # a corrupt result is redone
-    if previous is not None and previous.ok and not force:
+    if is_done(config, previous) and not force:
+        assert previous is not None
         return previous
     run_dir.mkdir(parents=True, exist_ok=True)
+    precision = Precision.from_config(config.train.precision, device())
+    sharding = Sharding(precision.device, workers=config.train.workers)  # Ray Train started the process group
+    with run_lock(run_dir) if sharding.writes else contextlib.nullcontext():
+        return _execute(config, sharding, precision, progress=progress, force=force, restart=restart,
+                        listeners=listeners, timing=timing)
+
+
+class RunBusy(RuntimeError):
+    """Another process (an ``isobench run`` or a grid's trial) is running this cell."""
+
+
+def run_lock(run_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """``<run_dir>/.run.lock``, held while the run executes: two processes never run one cell."""
+    def busy(holder: str) -> RunBusy:
+        return RunBusy(f"another isobench process (pid {holder}) is running {run_dir.name} in {run_dir}; wait for "
+                       f"it to finish (its result is then returned as it is), then run this command again")
+
+    return hold_lock(run_dir / RUN_LOCK, busy)
+
+
+def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, progress: bool, force: bool,
+             restart: bool, listeners: list[Callable[[dict[str, Any]], None]] | None,
+             timing: dict[str, float] | None) -> Result:
+    """``execute`` under the run's lock."""
+    run_dir = config.run_dir
+    if not force:  # a run that finished while this process waited to start
+        with contextlib.suppress(res.ResultError):
+            previous = res.read_result(run_dir)
+            if previous is not None and is_done(config, previous):
+                return previous
     run, evaluation, provenance = new_run_info(config), Evaluation(), res.provenance()
     start = time.perf_counter()
     trainer = method = None
     timing = dict(timing or {})
-    precision = Precision.from_config(config.train.precision, device())
-    sharding = Sharding(precision.device, workers=config.train.workers)  # Ray Train started the process group
     try:
         with timed(timing, "checkpoint_read_s"):
             checkpointer, saved = open_checkpoint(config, restart or force, sharding, lambda: {

@@ -37,7 +37,8 @@ class Task:
     kind: str
     make: Callable[[random.Random], Row] | None
     description: str
-    loader: Callable[..., tuple[list[Row], list[Row]]] | None = None
+    loader: Callable[..., tuple[list[Row], list[Row], dict[str, Any]]] | None = None
+    distinct: int | None = None  # a generator's number of distinct prompts (train_size + test_size may not exceed it)
 
     @property
     def metric(self) -> str:
@@ -54,11 +55,12 @@ class Task:
             return 0.0
         return 100.0 * sum(1 / len(r["choices"]) for r in rows) / len(rows)
 
-    def split(self, seed: int, train_size: int, test_size: int, source: str = "generated") -> tuple[list[Row], list[Row]]:
-        """Deterministic (train, test) rows for ``seed``."""
+    def split(self, seed: int, train_size: int, test_size: int,
+              source: str = "generated") -> tuple[list[Row], list[Row], dict[str, Any]]:
+        """Deterministic (train, test, notes about the data) for ``seed``."""
         if self.loader is not None:
             return self.loader(self, seed, train_size, test_size, source)
-        return self.generate(seed, train_size, test_size)
+        return (*self.generate(seed, train_size, test_size), {})
 
     def generate(self, seed: int, train_size: int, test_size: int) -> tuple[list[Row], list[Row]]:
         """Disjoint (by prompt) generated train and test rows, deterministic in ``seed``."""

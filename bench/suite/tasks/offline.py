@@ -66,9 +66,19 @@ def format_following(rng: random.Random) -> Row:
     return {"prompt": f"Instruction: {instr}: {' '.join(words)}\nResponse:", "target": out}
 
 
+# Distinct prompts of each generator, counted from its choices. arithmetic: "gets more" 12 names x
+# 8 items x 29 x 20 = 55,680, plus "gives away" 96 x 409 (max, min) pairs = 39,264; logic: 1,320
+# ordered triples x 3 relations x 2 fact orders x 2 questions; program: 9 x 9 x 3 + 9 x 9 x 3 x 3;
+# format: 1,320 ordered word triples x 3 instructions.
+DISTINCT = {"arithmetic": 94_944, "logic": 15_840, "program": 972, "format": 3_960}
+
 OFFLINE_TASKS = [
-    Task("arithmetic", "math", "generate", arithmetic, "one-step word problems, exact match on the number"),
-    Task("logic", "logic", "choice", logic, "ordering puzzles, 3 names, log-likelihood accuracy"),
-    Task("program", "code", "generate", program, "what does this program print, exact match"),
-    Task("format", "instructions", "generate", format_following, "reverse/uppercase/sort 3 words, exact match"),
+    Task("arithmetic", "math", "generate", arithmetic, "one-step word problems, exact match on the number",
+         distinct=DISTINCT["arithmetic"]),
+    Task("logic", "logic", "choice", logic, "ordering puzzles, 3 names, log-likelihood accuracy",
+         distinct=DISTINCT["logic"]),
+    Task("program", "code", "generate", program, "what does this program print, exact match",
+         distinct=DISTINCT["program"]),
+    Task("format", "instructions", "generate", format_following, "reverse/uppercase/sort 3 words, exact match",
+         distinct=DISTINCT["format"]),
 ]

@@ -19,6 +19,7 @@ expected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -33,9 +34,19 @@ class DataError(ValueError):
     """A data file that does not have the expected upstream format."""
 
 
+def read_text(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is named by its line, never a bare decode error."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_records(path: Path) -> list[tuple[str, Any]]:
     """(location, record) pairs of a json list or jsonl file; location is 'line N' / 'item N'."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -52,10 +63,14 @@ def read_records(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
-def need(path: Path, where: str, record: Any, *keys: str) -> None:
+def need(path: Path, where: str, record: Any, *keys: str, text: tuple[str, ...] | None = None) -> None:
+    """``record`` is an object with ``keys``, whose ``text`` keys (default: all) hold strings."""
     if not isinstance(record, dict) or any(k not in record for k in keys):
         raise DataError(f"{path}: {where}: expected an object with keys {', '.join(keys)}; got "
                         f"{type(record).__name__} {str(record)[:80]!r}")
+    for key in keys if text is None else text:
+        if not isinstance(record.get(key), str):
+            raise DataError(f"{path}: {where}: key {key!r} must be a string, got {record.get(key)!r}")
 
 
 def gsm8k_number(answer: str) -> str:
@@ -106,7 +121,7 @@ def load_gsm8k_file(path: Path) -> list[Row]:
 
 
 def load_logiqa_file(path: Path) -> list[Row]:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) % 8 not in (0, 7):
@@ -129,12 +144,14 @@ def load_instruction_file(path: Path) -> list[Row]:
     rows = []
     for where, r in read_records(path):
         if isinstance(r, dict) and "instances" in r:
-            need(path, where, r, "instruction", "instances")
+            need(path, where, r, "instruction", "instances", text=("instruction",))
             for inst in r["instances"]:
                 need(path, where, inst, "input", "output")
                 rows.append(instruction_row(r["instruction"], inst["input"], inst["output"]))
         else:
             need(path, where, r, "instruction", "output")
+            if not isinstance(r.get("input", ""), str):
+                raise DataError(f"{path}: {where}: key 'input' must be a string, got {r['input']!r}")
             rows.append(instruction_row(r["instruction"], r.get("input", ""), r["output"]))
     return rows
 
@@ -189,10 +206,55 @@ HUB: dict[str, Callable[[], tuple[list[Row], list[Row] | None]]] = {
 }
 
 
+def source_problem(task: str, path: Path) -> str | None:
+    """Why ``path`` cannot be task ``task``'s source (checked before anything loads), or None:
+    a regular file, or a folder with the files the task reads."""
+    if not path.exists():
+        return "does not exist"
+    if path.is_file():
+        return None
+    if not path.is_dir():
+        return "is neither a regular file nor a folder (a named pipe or a device?)"
+    if task == "gsm8k":
+        missing = [n for n in ("train.jsonl", "test.jsonl") if not (path / n).is_file()]
+        return f"is a folder without {' and '.join(missing)}" if missing else None
+    if task == "logiqa":
+        if not (path / "Test.txt").is_file() or not any((path / n).is_file() for n in ("Train.txt", "Eval.txt")):
+            return "is a folder without Test.txt and Train.txt (or Eval.txt)"
+        return None
+    files = [p for p in [*path.glob("*.json"), *path.glob("*.jsonl")] if p.is_file()]
+    return None if len(files) == 1 else f"is a folder with {len(files)} .json/.jsonl files; allowed: exactly one"
+
+
+def source_sha256(path: Path) -> str:
+    """Content hash of a local source: a file's bytes, or a folder's files (names and bytes) in
+    name order. Part of a run's identity: a rewritten file is another source."""
+    digest = hashlib.sha256()
+    for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0" if file != path else b"")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def dedupe(rows: list[Row]) -> tuple[list[Row], int]:
+    """The rows with exact duplicates removed (first kept), and how many were removed."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        key = json.dumps(row, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out, len(rows) - len(out)
+
+
 def local_rows(task: str, path: Path) -> tuple[list[Row], list[Row] | None]:
     """(train, test or None) from a local file or folder in the upstream format."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (source of task {task!r})")
+    problem = source_problem(task, path)
+    if problem:
+        raise DataError(f"{path}: {problem} (source of task {task!r})")
     if task == "gsm8k":
         if path.is_dir():
             return load_gsm8k_file(path / "train.jsonl"), load_gsm8k_file(path / "test.jsonl")
@@ -210,19 +272,38 @@ def local_rows(task: str, path: Path) -> tuple[list[Row], list[Row] | None]:
     return (load_chat_file(path) if task == "ultrachat" else load_instruction_file(path)), None
 
 
-def paper_split(task: Task, seed: int, train_size: int, test_size: int, source: str) -> tuple[list[Row], list[Row]]:
-    """Deterministic (train, test): the source's own test split when it has one, else carved."""
+def paper_split(task: Task, seed: int, train_size: int, test_size: int,
+                source: str) -> tuple[list[Row], list[Row], dict[str, Any]]:
+    """Deterministic (train, test, notes): the source's own test split when it has one, else
+    carved. Exact duplicate rows are removed first, and training rows whose prompt is also a
+    test prompt are dropped, so no held-out item is trained on; ``notes`` counts both and holds
+    a local source's content hash."""
     train, test = HUB[task.name]() if source == "hub" else local_rows(task.name, Path(source))
+    train, duplicates = dedupe(list(train))
     rng = random.Random(f"{task.name}:{seed}")
+    where = f"task {task.name!r} from {source}"
     if test is None:
+        if len(train) <= test_size:
+            raise DataError(f"{where}: {len(train)} distinct rows ({duplicates} duplicates removed), not more than "
+                            f"tasks.test_size = {test_size}: no row would be left to train on; allowed: a "
+                            f"tasks.test_size below {len(train)}")
         rows = list(train)
         rng.shuffle(rows)
         test, train = rows[:test_size], rows[test_size:]
     else:
-        train, test = list(train), list(test)
+        test, test_duplicates = dedupe(list(test))
+        duplicates += test_duplicates
         rng.shuffle(train)
         random.Random(f"{task.name}:{seed}:test").shuffle(test)
-    return train[:train_size], test[:test_size]
+    test = test[:test_size]
+    held_out = {r["prompt"] for r in test}
+    kept = [r for r in train if r["prompt"] not in held_out]
+    notes = {"duplicates_removed": duplicates, "test_prompts_dropped_from_train": len(train) - len(kept),
+             "source_sha256": None if source == "hub" else source_sha256(Path(source))}
+    if not test or not kept:
+        raise DataError(f"{where}: {len(test)} test and {len(kept)} training rows after removing duplicates; "
+                        f"allowed: a source with at least one of each")
+    return kept[:train_size], test, notes
 
 
 PAPER_TASKS = [
