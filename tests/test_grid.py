@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,14 +196,31 @@ def test_grid_of_three_regimes_with_analyses_then_report(tmp_path, capsys):
     assert list(tables.glob("drift_multistage_*_cpi_ft_importance_drift.png"))
 
 
-def test_wandb_logger_writes_an_offline_run_with_the_curves(tmp_path, monkeypatch):
+def test_wandb_logger_writes_an_offline_run_with_the_curves_and_no_secret(tmp_path, monkeypatch):
+    """The curves reach W&B's offline record; a planted WANDB_API_KEY reaches no file, neither in
+    the results nor in Ray's temp folder, which is gone after the grid."""
     pytest.importorskip("wandb")
+    from bench.launch.ray_session import ray_temp_dir
+
+    secret = "planted-secret-7f3a9c"
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    import bench.launch.ray_session
+
+    removed = []  # Ray's temp folder is kept until checked here, then removed
+    monkeypatch.setattr(bench.launch.ray_session, "remove_session_files", lambda p: removed.append(Path(p)))
     path = grid_file(tmp_path, methods=("full_sft",), extra='loggers = ["wandb"]')
     assert main(["grid", str(path)]) == 0
     runs = list((tmp_path / "results" / "g" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert b"loss" in runs[0].read_bytes()  # the per-step curves, in W&B's offline record format
+    temp = ray_temp_dir(tmp_path / "results" / "g")
+    assert removed == [temp]
+    leaks = [p for folder in (tmp_path / "results", temp) for p in folder.rglob("*")
+             if p.is_file() and secret.encode() in p.read_bytes()]
+    monkeypatch.undo()
+    shutil.rmtree(temp, ignore_errors=True)
+    assert leaks == []
 
 
 def test_grid_runs_a_sharded_cell_on_two_ray_train_workers_like_one_process(tmp_path, capsys):

@@ -275,3 +275,25 @@ def test_the_generators_distinct_prompt_counts():
         for _ in range(30 * TASKS[name].distinct):
             seen.add(TASKS[name].make(rng)["prompt"])
         assert len(seen) == TASKS[name].distinct, name
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def test_a_gold_answer_longer_than_the_context_is_cut_and_counted(tmp_path):
+    source = tmp_path / "gsm.jsonl"
+    long = " ".join(["step"] * 150)  # 750 byte tokens: more than the tiny model's 512 positions
+    source.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"{long}\n#### {i + 1}"}) + "\n"
+                              for i in range(12)))
+    text = gsm_config(tmp_path, source).read_text().replace("nll = false", "nll = true")
+    (tmp_path / "gsm.toml").write_text(text)
+    assert main(["run", str(tmp_path / "gsm.toml")]) == 0
+    (result_file,) = (tmp_path / "results" / "data").glob("*/result.json")
+    result = json.loads(result_file.read_text())
+    assert result["evaluation"]["stages"][0]["details"]["gsm8k"]["truncated_items"] == 4
+    assert result["evaluation"]["stages"][0]["nll"]["gsm8k"] is not None
+
+
+def test_a_generation_budget_beyond_the_context_is_refused_up_front(capsys):
+    from tests.test_faults import SMOKE
+
+    assert main(["run", str(SMOKE), "--set", "eval.max_gen_toks=100000"]) == 2
+    assert "tiny-llama attends over 512 tokens; allowed: below 512" in capsys.readouterr().err

@@ -51,6 +51,11 @@ PAPER_SHAPES = {
 }
 
 
+# Context lengths (max_position_embeddings) from the models' published configs.
+PAPER_CONTEXT = {"meta-llama/Meta-Llama-3-8B": 8192, "mistralai/Mistral-7B-v0.1": 32768, "Qwen/Qwen2-7B": 131072,
+                 "google/gemma-2-9b": 8192}
+
+
 Loader = Callable[[int, torch.dtype, torch.device], tuple[nn.Module, PreTrainedTokenizerBase]]
 
 
@@ -64,6 +69,7 @@ class Backbone:
     model_id: str | None = None  # hub id or folder, for from_pretrained backbones
     random_init: bool = False  # weights depend on the run seed
     prepare: Callable[[], Any] | None = None  # one-time work before many processes load it
+    context: int | None = None  # tokens the model attends over (max_position_embeddings); None = read at load time
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone", re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"))
@@ -149,14 +155,14 @@ def _hub(name: str) -> Loader:
 BACKBONES.add("tiny-llama", Backbone("tiny-llama", lambda seed, dtype, on: tiny_llama(seed), random_init=True,
                                      shape={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 258,
-                                            "tie_word_embeddings": True}))
+                                            "tie_word_embeddings": True}, context=512))
 BACKBONES.add("smollm2-135m", Backbone("smollm2-135m", _smollm2, shape=LLAMA_SHAPES["random-llama-135m"],
-                                       prepare=_smollm2_prepare))
+                                       prepare=_smollm2_prepare, context=8192))
 for _name, _shape in LLAMA_SHAPES.items():
     BACKBONES.add(_name, Backbone(_name, lambda seed, dtype, on, n=_name: random_llama(n, seed, dtype, on),
-                                  shape=_shape, random_init=True))
+                                  shape=_shape, random_init=True, context=4096))
 for _name, _shape in PAPER_SHAPES.items():
-    BACKBONES.add(_name, Backbone(_name, _hub(_name), shape=_shape, model_id=_name))
+    BACKBONES.add(_name, Backbone(_name, _hub(_name), shape=_shape, model_id=_name, context=PAPER_CONTEXT[_name]))
 
 
 def resolve(name: str) -> Backbone:
@@ -187,3 +193,8 @@ def load_backbone(name: str, dtype: torch.dtype, seed: int, on: torch.device | N
     model.to(device=on, dtype=dtype)
     model.train()
     return model, tokenizer
+
+
+def context_length(model: nn.Module, default: int = 2048) -> int:
+    """The number of positions ``model`` attends over (its config's ``max_position_embeddings``)."""
+    return int(getattr(getattr(model, "config", None), "max_position_embeddings", None) or default)

@@ -101,6 +101,9 @@ def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         os.environ.setdefault("WANDB_MODE", "offline")
+        if os.environ.pop("WANDB_API_KEY", None) is not None:  # offline runs need no key, and Ray would log it
+            print("[grid] W&B logs offline (results/<study>/wandb; upload with 'wandb sync'): WANDB_API_KEY is not "
+                  "passed to Ray, which writes the environment of its actors into its session logs", file=sys.stderr)
         out.append(WandbLoggerCallback(project=study_dir.name, mode="offline", dir=str(study_dir)))
     return out
 

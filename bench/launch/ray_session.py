@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +63,13 @@ def stop_ray(address: str | None, temp_dir: Path) -> None:
     ray.shutdown()
     if not address:
         reap(temp_dir)
+        remove_session_files(temp_dir)
+
+
+def remove_session_files(temp_dir: Path) -> None:
+    """A local Ray's temp folder: its session logs hold the environments of its actors (e.g.
+    tracker keys), so nothing of it outlives the grid."""
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

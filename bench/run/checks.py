@@ -67,6 +67,11 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         if unknown or missing:
             raise ConfigError(f"{where}: key 'eval.judge': unknown {unknown}, missing {missing}; allowed for "
                               f"kind {kind!r}: {', '.join(sorted(JUDGE_KEYS[kind]['allowed']))}")
+    context = BACKBONES[config.backbone.name].context if config.backbone.name in BACKBONES else None
+    for key, value in (("eval.max_gen_toks", config.eval.max_gen_toks), ("train.max_length", config.train.max_length)):
+        if context is not None and value >= context:
+            raise ConfigError(f"{where}: bad value {value} for key {key!r}: {config.backbone.name} attends over "
+                              f"{context} tokens; allowed: below {context}")
     if config.eval.limit > config.tasks.test_size:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
