@@ -45,6 +45,15 @@ def _device_bytes(args: argparse.Namespace) -> int | None:
     return parse_size(args.device_memory) if args.device_memory else device_memory()
 
 
+def _device_bytes_or_error(args: argparse.Namespace) -> tuple[bool, int | None]:
+    """(ok, ``_device_bytes``); a bad ``--device-memory`` is printed as an error."""
+    try:
+        return True, _device_bytes(args)
+    except ValueError as e:
+        print(f"error: --device-memory: {e}", file=sys.stderr)
+        return False, None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench.run.cells import load_cells
 
@@ -66,8 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {args.config}: {missing_package(config.train.precision)}", file=sys.stderr)
         return 2
 
+    ok, device_bytes = _device_bytes_or_error(args)
+    if not ok:
+        return 2
     try:
-        plan = check_fits(config, _device_bytes(args))
+        plan = check_fits(config, device_bytes)
     except DoesNotFit as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -109,7 +121,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     grid = _load(load_grid, args)
     if grid is None:
         return 2
-    device_bytes = _device_bytes(args)
+    ok, device_bytes = _device_bytes_or_error(args)
+    if not ok:
+        return 2
     if device_bytes is None and grid.spec.device_memory:
         from bench.run.memory_plan import parse_size
 

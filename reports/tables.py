@@ -208,6 +208,19 @@ def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str,
     return out
 
 
+def unparsed_judge_runs(runs: Sequence[Run], regime: str, tasks: Sequence[str]) -> dict[str, list[str]]:
+    """Per task, the successful runs whose final stage got no parsable judge reply (their cell is empty)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        if r.regime != regime or not r.ok or not r.data.evaluation.stages:
+            continue
+        details = r.data.evaluation.stages[-1].details
+        for t in tasks:
+            if details.get(t, {}).get("judge_parsed") == 0:
+                out.setdefault(t, []).append(r.run_id)
+    return out
+
+
 def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table:
     groups = row_groups(runs, regime, methods)
     best = best_per_task(groups, tasks)
@@ -221,10 +234,13 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
     scorers = {t: sorted({str(r.data.evaluation.scorers.get(t)) for r in runs if r.regime == regime and r.ok
                           and r.data.evaluation.scorers.get(t)}) for t in tasks}
     used = "; ".join(f"{t}: {' / '.join(s)}" for t, s in scorers.items() if s)
+    unjudged = unparsed_judge_runs(runs, regime, tasks)
     note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
             "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
             "best = best method mean for that backbone and task. runs = successful/expected "
-            "(failed and missing runs are listed, never averaged in)." + (f" Scorers: {used}." if used else ""))
+            "(failed and missing runs are listed, never averaged in)." + (f" Scorers: {used}." if used else "")
+            + "".join(f" {t}: no judge reply could be parsed in {', '.join(ids)}, so it has no score there (—)."
+                      for t, ids in unjudged.items()))
     return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm."], rows,
                  [True] * (len(tasks) + 1), note)
 

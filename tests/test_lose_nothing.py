@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +298,211 @@ def test_a_generation_budget_beyond_the_context_is_refused_up_front(capsys):
 
     assert main(["run", str(SMOKE), "--set", "eval.max_gen_toks=100000"]) == 2
     assert "tiny-llama attends over 512 tokens; allowed: below 512" in capsys.readouterr().err
+
+
+# -- the judge client ------------------------------------------------------------------------------
+@pytest.fixture
+def judge_server():
+    """A loopback judge whose behaviour each test scripts: ``server.script`` is a list of
+    actions, one per request ("ok", "500", "redirect", "garbage", "trickle"); the last repeats."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            self.rfile.read(int(self.headers["Content-Length"]))
+            server.seen.append({"auth": self.headers.get("Authorization"), "host": self.server.server_address[0]})
+            action = server.script[min(len(server.seen) - 1, len(server.script) - 1)]
+            if action in ("500", "429"):
+                self.send_response(int(action))
+                self.end_headers()
+                return
+            if action == "redirect":
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.2:{self.server.server_address[1]}/v1/chat/completions")
+                self.end_headers()
+                return
+            body = b"not json" if action == "garbage" else json.dumps(
+                {"choices": [{"message": {"content": "Rating: [[7]]"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)) if action == "trickle" else [None]:
+                self.wfile.write(body if i is None else body[i:i + 1])
+                self.wfile.flush()
+                if i is not None:
+                    time.sleep(0.5)
+
+        def log_message(self, *args):  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.seen, server.script = [], ["ok"]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def openai_judge(server, **kw):
+    from bench.suite.judge import OpenAIJudge
+
+    judge = OpenAIJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge", **kw)
+    judge.BACKOFF_S = 0.01
+    return judge
+
+
+def test_a_trickling_judge_is_cut_at_its_deadline(judge_server):
+    import time
+
+    from bench.suite.judge import JudgeError
+
+    judge_server.script = ["trickle"]
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match=r"judge openai:judge at http://127\.0\.0\.1:\d+/v1/chat/completions: .*timeout"):
+        openai_judge(judge_server, timeout_s=2).ask("q")
+    assert time.monotonic() - start < 6
+
+
+def test_transient_judge_errors_are_retried_and_lasting_ones_named(judge_server):
+    from bench.suite.judge import JudgeError
+
+    judge_server.script = ["500", "429", "ok"]
+    assert openai_judge(judge_server).ask("q") == "Rating: [[7]]" and len(judge_server.seen) == 3
+    judge_server.seen.clear()
+    judge_server.script = ["500"]
+    with pytest.raises(JudgeError, match="HTTP 500 .* after 4 tries"):
+        openai_judge(judge_server).ask("q")
+    judge_server.seen.clear()
+    judge_server.script = ["garbage"]
+    with pytest.raises(JudgeError, match="a reply that is not a chat completion"):
+        openai_judge(judge_server).ask("q")
+    assert len(judge_server.seen) == 1  # a bad reply is not retried
+
+
+def test_a_redirect_never_carries_the_key_to_another_host(judge_server, monkeypatch):
+    from bench.suite.judge import JudgeError
+
+    monkeypatch.setenv("JUDGE_KEY", "planted-key")
+    judge_server.script = ["redirect"]
+    with pytest.raises(JudgeError, match="redirect to http://127.0.0.2"):
+        openai_judge(judge_server, api_key_env="JUDGE_KEY").ask("q")
+    assert [s["host"] for s in judge_server.seen] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize("judge, message", [
+    ({"kind": "openai", "base_url": "http://x/v1", "model": "m", "timeout_s": "3s"},
+     "bad value '3s' for key 'eval.judge.timeout_s'; allowed: a finite number"),
+    ({"kind": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "sk-planted-0123456789"},
+     "not the key itself"),
+    ({"kind": "openai", "base_url": "http://x/v1", "model": "m", "api_key_env": "ISOBENCH_UNSET_VAR"},
+     "environment variable ISOBENCH_UNSET_VAR is not set"),
+    ({"kind": "openai", "base_url": "x/v1", "model": "m"}, "an http:// or https:// URL"),
+    ({"kind": "hf", "model": "./no-such-judge"}, "key 'eval.judge.model': the local folder does not exist"),
+])
+def test_judge_options_are_checked_before_any_model_loads(capsys, judge, message):
+    from tests.test_faults import SMOKE
+
+    table = "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in judge.items()) + "}"
+    assert main(["run", str(SMOKE), "--set", f"eval.judge={table}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "sk-planted" not in err
+
+
+def test_an_unreachable_judge_fails_before_training_naming_it(tmp_path):
+    text = run_file(tmp_path, "judged", "full_sft").read_text().replace(
+        "[eval]", '[eval]\njudge = { kind = "openai", base_url = "http://127.0.0.1:9/v1", model = "m", timeout_s = 2 }')
+    (tmp_path / "judged.toml").write_text(text)
+    assert main(["run", str(tmp_path / "judged.toml")]) == 1
+    (result_file,) = (tmp_path / "judged" / "ckpt").glob("*/result.json")
+    result = json.loads(result_file.read_text())
+    assert "judge openai:m at http://127.0.0.1:9/v1/chat/completions" in result["run"]["error"]["message"]
+    assert result["train"]["summary"] == {}  # nothing trained
+
+
+def test_an_evaluation_failure_keeps_the_trained_stage(tmp_path, monkeypatch):
+    """Checkpoints off (the CPU default): a stage's evaluation fails; the rerun evaluates that
+    stage from what was trained, without training it again, and ends as a run done in one go."""
+    import bench.run.execution as execution
+
+    config = run_file(tmp_path, "one_go", "full_sft")
+    config.write_text(config.read_text().replace("checkpoint_every = 3", "checkpoint_every = 0"))
+    assert main(["run", str(config)]) == 0
+    failing = run_file(tmp_path, "failing", "full_sft")
+    failing.write_text(failing.read_text().replace("checkpoint_every = 3", "checkpoint_every = 0"))
+    real, calls = execution.evaluate_stage, []
+
+    def flaky(*args):  # noqa: ANN002, ANN202
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("judge down")
+        return real(*args)
+
+    monkeypatch.setattr(execution, "evaluate_stage", flaky)
+    assert main(["run", str(failing)]) == 1
+    (state,) = (tmp_path / "failing" / "ckpt").glob("*/checkpoint/state.pt")
+    monkeypatch.undo()
+    assert main(["run", str(failing)]) == 0
+    a, b = outputs(tmp_path / "one_go"), outputs(tmp_path / "failing")
+    assert b["result"]["run"]["resumed_from"] == [8]  # after stage 1's training: not trained twice
+    assert b["metrics"] == a["metrics"] and b["stages"] == a["stages"]
+
+
+def test_a_cell_without_any_parsable_judge_reply_says_so(study):
+    from reports.report import report
+
+    path = study / "epi-s0" / "result.json"
+    data = json.loads(path.read_text())
+    data["stages"][-1]["scores"]["c"] = None
+    data["stages"][-1]["details"] = {"c": {"judge_parsed": 0, "judge_unparsed": 3}}
+    path.write_text(json.dumps(data))
+    assert "c: no judge reply could be parsed in epi-s0" in report(study)
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--device-memory=-5GiB"], "error: --device-memory: bad memory size '-5GiB'"),
+    (["--set", "train.steps_per_stage=1000000000000"], "allowed: 1 to 10,000,000"),
+])
+def test_bad_numbers_are_refused_with_a_line_not_a_traceback(capsys, args, message):
+    from tests.test_faults import SMOKE
+
+    assert main(["run", str(SMOKE), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_long_cpu_stage_keeps_checkpoints():
+    from bench.config import TrainConfig
+
+    assert TrainConfig(steps_per_stage=30).checkpoint_interval(on_gpu=False) == 0
+    assert TrainConfig(steps_per_stage=5000).checkpoint_interval(on_gpu=False) == 100
+
+
+def test_a_full_disk_during_a_checkpoint_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+    import bench.engine.checkpoint as checkpoint
+
+    config, run_dir = killed_run(tmp_path)
+    before = (run_dir / "checkpoint" / "state.pt").read_bytes()
+
+    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    assert main(["run", str(config)]) == 1
+    message = json.loads((run_dir / "result.json").read_text())["run"]["error"]["message"]
+    assert re.search(r"the checkpoint at step \d+ could not be written", message) and "MiB free on that disk" in message
+    assert (run_dir / "checkpoint" / "state.pt").read_bytes() == before
+    assert not list((run_dir / "checkpoint").glob(".*.tmp"))
+
+
+def test_a_grid_rewrites_a_truncated_manifest(tmp_path, capsys):
+    from bench.launch.manifest import write_manifest
+    from bench.run.cells import load_grid
+    from tests.test_faults import SMOKE
+
+    grid = load_grid(SMOKE, {"results_dir": str(tmp_path / "r")})
+    grid.study_dir.mkdir(parents=True)
+    (grid.study_dir / "grid.json").write_text('{"methods": ["full_sft"], "cel')
+    write_manifest(grid)
+    assert "not valid JSON" in capsys.readouterr().err
+    assert len(json.loads((grid.study_dir / "grid.json").read_text())["cells"]) == len(grid.cells)

@@ -34,6 +34,12 @@ ADDED_LATER = {"tasks.groups": [], "tasks.num_groups": 3, "analysis.importance_d
                "analysis.gradient_conflict": {}}
 
 
+# A stage longer than any study needs (the paper grid's is 500): a typo, refused.
+MAX_STEPS = 10_000_000
+# Steps of a stage above which checkpoint_every = auto keeps checkpoints on a CPU as well.
+LONG_CPU_STAGE = 1000
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names file, key and allowed."""
 
@@ -69,7 +75,7 @@ class TasksConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    steps_per_stage: int = field(30, "optimizer steps per regime stage", minimum=1)
+    steps_per_stage: int = field(30, f"optimizer steps per regime stage (at most {MAX_STEPS:,})", minimum=1)
     batch_size: int = field(8, "rows per optimizer step", minimum=1)
     grad_accum: int = field(1, "micro-batches per optimizer step (must divide batch_size)", minimum=1)
     lr: float = field(1e-3, "peak learning rate", minimum=0)
@@ -87,7 +93,8 @@ class TrainConfig:
     activation_checkpointing: bool = field(False, "recompute each decoder layer's activations in the backward pass "
                                                   "(transformers' non-reentrant gradient checkpointing)")
     checkpoint_every: int = field(-1, "optimizer steps between in-run checkpoints (plus one after every stage); "
-                                      "0 = off; -1 = auto: 100 on GPU, off on CPU", minimum=-1)
+                                      "0 = off; -1 = auto: 100 on GPU; on CPU 100 for a stage of more than "
+                                      f"{LONG_CPU_STAGE} steps, else off", minimum=-1)
     keep_final_weights: bool = field(False, "a successful run saves its final model (HF format) in <run_dir>/final/ "
                                             "instead of deleting its checkpoint")
     workers: int = field(1, "processes (one GPU each, or CPU processes) that one run is sharded over with FSDP2, "
@@ -95,10 +102,15 @@ class TrainConfig:
                             "so train.grad_accum must be a multiple of it", minimum=1)
 
     def checkpoint_interval(self, on_gpu: bool) -> int:
-        """``checkpoint_every`` with auto resolved."""
-        return (100 if on_gpu else 0) if self.checkpoint_every == -1 else self.checkpoint_every
+        """``checkpoint_every`` with auto resolved: a long stage keeps checkpoints on a CPU too."""
+        if self.checkpoint_every != -1:
+            return self.checkpoint_every
+        return 100 if on_gpu or self.steps_per_stage > LONG_CPU_STAGE else 0
 
     def __post_init__(self) -> None:
+        if self.steps_per_stage > MAX_STEPS:
+            raise ConfigError(f"bad value {self.steps_per_stage} for key 'train.steps_per_stage'; allowed: 1 to "
+                              f"{MAX_STEPS:,}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.grad_accum = {self.grad_accum} must divide train.batch_size = {self.batch_size}")
         if self.grad_accum % self.workers:

@@ -102,8 +102,9 @@ class Checkpointer:
             self.save(trainer)
         inject_fault(trainer.step, self.first_step)
 
-    def save(self, trainer: Any) -> None:
-        if self.every <= 0:
+    def save(self, trainer: Any, always: bool = False) -> None:
+        """Save now, if checkpoints are on (``every`` > 0) or ``always``."""
+        if self.every <= 0 and not always:
             return
         start = time.perf_counter()
         payload = {"format": FORMAT, "config_hash": self.config_hash, "step": trainer.step,

@@ -91,6 +91,7 @@ class Trainer:
         self.step = 0  # optimizer steps done, over all stages
         self.stage: int | None = None  # the stage in progress (None between stages)
         self.stage_step = 0  # optimizer steps done in the stage in progress
+        self.stages_done = 0  # stages trained to their end
         self.losses: list[float] = []
         self.tokens = 0
         self.train_seconds = 0.0
@@ -158,6 +159,7 @@ class Trainer:
             part.on_stage_end(self.context())
         self._collect_events()
         self.stage, self.stage_step = None, 0
+        self.stages_done += 1
         self.flush()
 
     def step_once(self) -> float:
@@ -222,6 +224,7 @@ class Trainer:
         state: serialize (``torch.save``) or deep-copy before training on."""
         return {
             "counters": {"step": self.step, "stage": self.stage, "stage_step": self.stage_step,
+                         "stages_done": self.stages_done,
                          "losses": list(self.losses), "tokens": self.tokens, "train_seconds": self.train_seconds},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None and self.stage is not None else None,
@@ -238,6 +241,7 @@ class Trainer:
         self.step, self.stage, self.stage_step = counters["step"], counters["stage"], counters["stage_step"]
         self.losses, self.tokens = list(counters["losses"]), counters["tokens"]
         self.train_seconds = counters["train_seconds"]
+        self.stages_done = counters.get("stages_done", -1)  # -1: a checkpoint of an earlier version
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
@@ -269,10 +273,11 @@ class Trainer:
                 tokenizer.save_pretrained(folder / "model")
                 self.method.save_extras(whole, folder)
 
-    def save_checkpoint(self) -> None:
-        """A checkpoint now (after a stage), when the run keeps checkpoints."""
+    def save_checkpoint(self, always: bool = False) -> None:
+        """A checkpoint now (after a stage), when the run keeps checkpoints, or ``always`` (to
+        keep what was trained when the run is about to fail)."""
         if self.checkpointer is not None:
-            self.checkpointer.save(self)
+            self.checkpointer.save(self, always=always)
 
     def report(self) -> dict[str, Any]:
         """What result.json's ``train`` section takes from the trainer: the loss summary, the

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import methods
 from bench import analysis
 from bench.backbones.registry import BACKBONES
 from bench.config import ConfigError, RunConfig, check_unique
-from bench.suite.judge import JUDGE_KEYS
+from bench.suite.judge import JUDGE_OPTIONS
 from bench.suite.tasks import TASKS, source_problem
+from core import options
 
 
 def validate(config: RunConfig, where: str) -> RunConfig:
@@ -59,14 +61,7 @@ def validate(config: RunConfig, where: str) -> RunConfig:
                               f"{most} distinct prompts; allowed: at most {most} together")
     judge = config.eval.judge
     if judge:
-        kind = judge.get("kind")
-        if kind not in JUDGE_KEYS:
-            raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: 'hf', 'openai'")
-        unknown = sorted(set(judge) - JUDGE_KEYS[kind]["allowed"])
-        missing = sorted(JUDGE_KEYS[kind]["required"] - set(judge))
-        if unknown or missing:
-            raise ConfigError(f"{where}: key 'eval.judge': unknown {unknown}, missing {missing}; allowed for "
-                              f"kind {kind!r}: {', '.join(sorted(JUDGE_KEYS[kind]['allowed']))}")
+        check_judge(judge, where)
     context = BACKBONES[config.backbone.name].context if config.backbone.name in BACKBONES else None
     for key, value in (("eval.max_gen_toks", config.eval.max_gen_toks), ("train.max_length", config.train.max_length)):
         if context is not None and value >= context:
@@ -76,6 +71,27 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
     return config
+
+
+def check_judge(judge: dict[str, Any], where: str) -> None:
+    """``eval.judge``: its kind, every option's type, and what it points at (a set key
+    variable, a local judge folder), before any model loads."""
+    kind = judge.get("kind")
+    if kind not in JUDGE_OPTIONS:
+        raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: "
+                          f"{', '.join(map(repr, JUDGE_OPTIONS))}")
+    missing = [f.name for f in dataclasses.fields(JUDGE_OPTIONS[kind]) if f.name not in judge
+               and f.default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: key 'eval.judge' of kind {kind!r} misses {', '.join(missing)}")
+    try:
+        options.build(JUDGE_OPTIONS[kind], judge, where=where, what="key", prefix="eval.judge.", error=ConfigError)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a rule of the options' own checks
+        raise ConfigError(f"{where}: key 'eval.judge': {e}") from None
+    if kind == "hf":
+        check_backbone(judge["model"], where, key="eval.judge.model")
 
 
 def check_stages(config: RunConfig, where: str) -> None:
@@ -117,7 +133,7 @@ def check_results_dir(results_dir: str, where: str) -> None:
             return
 
 
-def check_backbone(name: str, where: str) -> None:
+def check_backbone(name: str, where: str, key: str = "backbone.name") -> None:
     """A name that can only be a local folder must exist and hold a model config."""
     if name in BACKBONES:
         return
@@ -125,5 +141,5 @@ def check_backbone(name: str, where: str) -> None:
     local = path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1
     if local and not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "holds no config.json"
-        raise ConfigError(f"{where}: bad value {name!r} for key 'backbone.name': the local folder {what}; "
+        raise ConfigError(f"{where}: bad value {name!r} for key {key!r}: the local folder {what}; "
                           f"allowed: {', '.join(BACKBONES)}, a hub id (org/name) or a folder with config.json")

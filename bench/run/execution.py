@@ -197,14 +197,21 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
             chosen = trainer.plan_stages(regime_plan(config), everything, config.seed)
         evaluation.plan = {"groups": chosen.groups, **chosen.details}
     done = len(evaluation.stages)  # stages a resumed run had already evaluated
-    for stage in stages(StagePlan(evaluation.plan["groups"]))[done:]:
+    # and trained (a checkpoint of an earlier version says nothing: it trained what it evaluated)
+    trained = trainer.stages_done if trainer.stages_done >= 0 else done
+    for position, stage in enumerate(stages(StagePlan(evaluation.plan["groups"]))[done:], done):
         rows = {t: features[t] for t in stage.tasks}
         stream = Stream(rows, f"{config.seed}:{stage.index}", balanced)
         data = StageData(stage.index, rows, config.train.batch_size, tokenizer.pad_token_id, precision.device,
                          config.seed, balanced, precision)
-        trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
+        if trained <= position:  # a run resumed after this stage's training evaluates it only
+            trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
         with timed(timing, "eval_s"):
-            scores = evaluate_stage(config, trainer, suite, tokenizer, judge)
+            try:
+                scores = evaluate_stage(config, trainer, suite, tokenizer, judge)
+            except Exception:  # e.g. the judge is down: keep the trained stage, a rerun evaluates it
+                trainer.save_checkpoint(always=True)
+                raise
         evaluation.stages.append(stage_result(stage, trainer.step, scores))
         evaluation.scorers = {t: s["scorer"] for t, s in scores.items()}
         trainer.save_checkpoint()
@@ -293,12 +300,14 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
             suite = sharding.writer_first(lambda: load_suite(config))  # rank 0 writes the task files
         for key, value in describe_suite(config, suite).items():
             setattr(evaluation, key, value)
+        judge = build_judge(config.eval.judge) if config.eval.judge else None
+        if judge is not None and hasattr(judge, "probe"):
+            sharding.on_writer(judge.probe)  # an unreachable judge fails the run before anything trains
         with timed(timing, "model_s"):
             model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
         if config.train.activation_checkpointing:
             enable_activation_checkpointing(model)
         method = methods.build(config.method.name, config.method.options)
-        judge = build_judge(config.eval.judge) if config.eval.judge else None
         if saved is None:
             with precision.autocast(), timed(timing, "base_s"):
                 evaluation.base = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))

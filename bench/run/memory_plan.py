@@ -97,9 +97,9 @@ class Plan:
 
 def parse_size(text: str) -> int:
     """``80GiB``, ``80GB``, ``81920MiB`` or a number of bytes."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"bad memory size {text!r}; allowed e.g. 80GiB, 80GB, 81920MiB")
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([KMGT]i?B)?\s*", text, re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"bad memory size {text!r}; allowed: a size > 0, e.g. 80GiB, 80GB, 81920MiB")
     unit = (m.group(2) or "B").upper()
     scale = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 1 << 10, "MIB": 1 << 20,
              "GIB": 1 << 30, "TIB": 1 << 40}[unit]

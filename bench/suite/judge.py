@@ -3,24 +3,65 @@
 Single-answer grading in the MT-Bench style: the judge sees the instruction and the answer and
 must reply with ``[[rating]]``. Two back ends: a local Hugging Face model (``kind = "hf"``) or
 any OpenAI-compatible chat-completions server (``kind = "openai"``, plain HTTP, the key read
-from the environment variable named by ``api_key_env``). Replies that carry no rating in 1-10
+from the environment variable named by ``api_key_env``; a deadline per request, no redirects,
+retries on 429 and 5xx, a probe before training). Replies that carry no rating in 1-10
 are counted as unparsed and reported, never silently dropped or guessed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-JUDGE_KEYS: dict[str, dict[str, set[str]]] = {
-    "hf": {"required": {"kind", "model"}, "allowed": {"kind", "model", "max_new_tokens"}},
-    "openai": {"required": {"kind", "base_url", "model"},
-               "allowed": {"kind", "base_url", "model", "api_key_env", "max_new_tokens", "timeout_s"}},
-}
+from core.options import Options
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HFJudgeOptions(Options):
+    """``eval.judge`` of a local judge model."""
+
+    kind: str
+    model: str  # a backbone name, a hub id or a local folder
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        self.check(self.max_new_tokens > 0, "max_new_tokens", "an integer > 0")
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OpenAIJudgeOptions(Options):
+    """``eval.judge`` of an OpenAI-compatible server."""
+
+    kind: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None  # the NAME of the environment variable holding the key, never the key
+    max_new_tokens: int = 32
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        self.check(self.base_url.startswith(("http://", "https://")), "base_url", "an http:// or https:// URL")
+        self.check(self.max_new_tokens > 0, "max_new_tokens", "an integer > 0")
+        self.check(self.timeout_s > 0, "timeout_s", "a number of seconds > 0")
+        if self.api_key_env is not None and not ENV_NAME.match(self.api_key_env):
+            # the value is not repeated: it may be the key itself, given by mistake
+            raise ValueError("bad value for option 'api_key_env' (not shown); allowed: the name of an environment "
+                             "variable that holds the key (letters, digits, '_'), not the key itself")
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ValueError(f"option 'api_key_env': environment variable {self.api_key_env} is not set")
+
+
+JUDGE_OPTIONS: dict[str, type[Options]] = {"hf": HFJudgeOptions, "openai": OpenAIJudgeOptions}
 
 TEMPLATE = (
     "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an "
@@ -91,8 +132,28 @@ class HFJudge:
         return out
 
 
+class JudgeError(RuntimeError):
+    """The judge could not answer; the message names the judge and its URL."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A judge's reply is its own: a redirect (which would carry the key to another host) is an error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201, PLR0913
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
 class OpenAIJudge:
-    """Any OpenAI-compatible ``/chat/completions`` endpoint, temperature 0."""
+    """Any OpenAI-compatible ``/chat/completions`` endpoint, temperature 0.
+
+    Each request has one overall deadline (``timeout_s``: connecting, the headers and the whole
+    body together, so a server that trickles its reply cannot hold a run); redirects are refused,
+    so the key is sent to the configured host only; a 429 or 5xx reply, or a dropped
+    connection, is retried ``RETRIES`` times with exponential backoff. Every error names the
+    judge and its URL."""
+
+    RETRIES = 3
+    BACKOFF_S = 1.0  # first wait; doubles after each retry
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, max_new_tokens: int = 32,
                  timeout_s: float = 60.0) -> None:
@@ -102,18 +163,50 @@ class OpenAIJudge:
         if api_key_env and not self.key:
             raise ValueError(f"judge: environment variable {api_key_env} (eval.judge.api_key_env) is not set")
         self.name = f"openai:{model}"
+        self.opener = urllib.request.build_opener(_NoRedirect)
+
+    def _post(self, body: bytes) -> bytes:
+        """One request within the deadline: the reply's bytes."""
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        deadline = time.monotonic() + self.timeout_s
+        with self.opener.open(request, timeout=self.timeout_s) as response:  # noqa: S310 - the configured URL
+            chunks = []
+            while chunk := response.read1(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the reply took longer than timeout_s = {self.timeout_s:g} s")
+            return b"".join(chunks)
+
+    def ask(self, prompt: str) -> str:
+        """The judge's reply to one prompt, with retries; ``JudgeError`` when it cannot be had."""
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_new_tokens,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        wait = self.BACKOFF_S
+        for attempt in range(self.RETRIES + 1):
+            try:
+                reply = json.loads(self._post(body))
+                return reply["choices"][0]["message"]["content"] or ""
+            except urllib.error.HTTPError as e:
+                retry, problem = e.code == 429 or e.code >= 500, f"HTTP {e.code} {e.reason}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+                retry, problem = not isinstance(e, TimeoutError), f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                retry, problem = False, f"a reply that is not a chat completion ({type(e).__name__}: {e})"
+            if not retry or attempt == self.RETRIES:
+                tries = f" after {attempt + 1} tries" if attempt else ""
+                raise JudgeError(f"judge {self.name} at {self.url}: {problem}{tries}")
+            time.sleep(wait)
+            wait *= 2
+        raise AssertionError("unreachable")
+
+    def probe(self) -> None:
+        """One short request before any training: an unreachable or misconfigured judge fails
+        the run before it spends anything."""
+        self.ask("Reply with: Rating: [[5]]")
 
     def replies(self, prompts: Sequence[str]) -> list[str]:
-        out = []
-        for prompt in prompts:
-            body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": self.max_new_tokens,
-                               "messages": [{"role": "user", "content": prompt}]}).encode()
-            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - configured URL
-                reply = json.loads(response.read())
-            out.append(reply["choices"][0]["message"]["content"] or "")
-        return out
+        return [self.ask(prompt) for prompt in prompts]
 
 
 def build_judge(config: dict[str, Any]) -> Judge:
