@@ -170,3 +170,45 @@ def test_one_resource_policy_for_grid_trials_and_single_runs(monkeypatch) -> Non
     assert resources(cell, {"cpu": 3}) == {"cpu": 3.0}  # [grid] resources
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resources(cell) == {"gpu": 2.0, "cpu": 2.0}
+
+
+
+def evaluation_of(suite: Any, batch_size: int) -> Any:
+    """The tiny model's evaluation of ``suite``, item by item (in a process group: every rank
+    takes part, rank 0 returns the scores)."""
+    from bench.backbones.registry import tiny_llama
+    from bench.config import EvalConfig
+    from bench.suite.evaluate import evaluate
+
+    model, tokenizer = tiny_llama(0)
+    return evaluate(model, tokenizer, suite, EvalConfig(limit=7, batch_size=batch_size, max_gen_toks=6),
+                    per_item=True)
+
+
+def test_evaluation_split_over_two_workers_equals_one_process_item_by_item(tmp_path) -> None:
+    """lm-eval's data-parallel split on 2 gloo workers: rank 0 gathers every task's items in
+    order (7 items: an uneven split, 4 and 3). One item per batch: every item, score and gold
+    NLL is bit-identical to one process. Batches of 4: each rank batches other neighbours
+    together (other padded shapes, other kernel sums), so an NLL may differ in float32's last
+    bits, as it does in one process between two batch sizes; items and scores are identical."""
+    from bench.suite.tasks import build_suite
+
+    suite = build_suite(["arithmetic", "logic", "format"], 0, 8, 7, tmp_path, 6)
+    one = evaluation_of(suite, 1)
+    two = spawn(evaluation_of, 2, suite, 1)
+    assert two[1] is None and two[0] == one
+    assert [i["id"] for i in one["logic"]["items"]] == list(range(7))
+    assert all(i["nll"] is not None for t in one.values() for i in t["items"])
+    one, (two, _) = evaluation_of(suite, 4), spawn(evaluation_of, 2, suite, 4)
+    for task in one:
+        assert one[task]["score"] == two[task]["score"]
+        for a, b in zip(one[task]["items"], two[task]["items"], strict=True):
+            assert {k: v for k, v in a.items() if k != "nll"} == {k: v for k, v in b.items() if k != "nll"}
+            assert abs(a["nll"] - b["nll"]) <= 1e-6 * abs(a["nll"])
+
+
+def test_interleave_restores_the_item_order_of_a_strided_split() -> None:
+    from bench.suite.evaluate import interleave
+
+    ranks = [{"t": {"acc": [0, 2, 4, 6]}, "s": ["a0", "a2"]}, {"t": {"acc": [1, 3, 5]}, "s": ["a1"]}]
+    assert interleave(ranks) == {"t": {"acc": [0, 1, 2, 3, 4, 5, 6]}, "s": ["a0", "a1", "a2"]}

@@ -7,8 +7,9 @@ leaves the model whole and every function here is the plain one-process operatio
 - ``shard``: ``fully_shard`` on every decoder layer (the classes the model lists in
   ``_no_split_modules``), then on the root, on a 1-D device mesh over all ranks, with the
   precision's ``MixedPrecisionPolicy`` (compute in the autocast dtype, gradients reduced in
-  fp32, master shards in the parameter dtype). Rank 0 first keeps a whole copy in host memory
-  for evaluation (``whole_model``).
+  fp32, master shards in the parameter dtype). Every rank first keeps a whole copy in host
+  memory, in the parameter dtype, for evaluation (``whole_model``): every rank then evaluates
+  its share of the items on exactly the weights one process would evaluate.
 - the step: every rank draws the same rows; the step's micro-batches are dealt out in
   contiguous blocks (``my_micro_batches``: ``train.grad_accum`` is the number of micro-batches of
   the whole step and a multiple of the workers), so N workers compute exactly the micro-batches
@@ -52,7 +53,7 @@ class Sharding:
                                f"(the process group's size): they must be equal")
         self.rank = dist.get_rank() if self.active else 0
         self.device = device
-        self.replica: nn.Module | None = None  # rank 0's whole copy, for evaluation
+        self.replica: nn.Module | None = None  # this rank's whole copy, for evaluation
 
     @property
     def writes(self) -> bool:
@@ -78,6 +79,23 @@ class Sharding:
             raise RuntimeError(f"rank 0 failed: {value}")
         return value
 
+    def from_writer(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on every rank (it may use collectives, e.g. a sharded evaluation), rank 0's
+        value sent to all; an error on rank 0 is raised on every rank."""
+        if not self.active:
+            return fn()
+        try:
+            box: list[Any] = [(True, fn())]
+        except Exception as e:
+            if self.writes:
+                dist.broadcast_object_list([(False, f"{type(e).__name__}: {e}")], src=0)
+            raise
+        dist.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
+
     def writer_first(self, fn: Callable[[], T]) -> T:
         """``fn()`` on rank 0, then on the others (which then read what rank 0 wrote); an error on
         rank 0 is raised on every rank."""
@@ -92,8 +110,8 @@ class Sharding:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if self.writes:  # the copy is made in host memory, never beside the whole model on the GPU;
-            self.replica = copy.deepcopy(model.to("cpu"))  # fully_shard moves the shards back to the device
+        # the copy is made in host memory, never beside the whole model on the GPU; fully_shard moves
+        self.replica = copy.deepcopy(model.to("cpu"))  # the shards back to the device
         mesh = init_device_mesh(self.device.type, (self.workers,))
         policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
         blocks = decoder_layer_classes(model)
@@ -136,25 +154,25 @@ class Sharding:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
         return norm
 
-    def _gathered(self, model: nn.Module) -> nn.Module | None:
+    def _gathered(self, model: nn.Module) -> nn.Module:
         """The whole model for evaluation: ``model`` itself in one process; sharded, every rank
-        takes part in gathering the full state, rank 0 loads it into its host copy and gets it
-        back on its device, the other ranks get None."""
+        gathers the full state on its device, loads it into its host copy (then frees it) and
+        gets that copy back on its device: one whole model per device at a time."""
         if not self.active:
             return model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.replica is None:
-            return None
+        assert self.replica is not None, "shard() first"
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         self.replica.load_state_dict(state)
+        del state
         return self.replica.to(self.device)
 
     @contextlib.contextmanager
-    def whole_model(self, model: nn.Module) -> Iterator[nn.Module | None]:
-        """The whole model on rank 0 for the body (to evaluate or export it; the other ranks get
-        None), released after it: rank 0's copy goes back to host memory and every rank waits
-        for rank 0. In one process: ``model`` itself."""
+    def whole_model(self, model: nn.Module) -> Iterator[nn.Module]:
+        """The whole model on every rank for the body (to evaluate or export it), released after
+        it: each rank's copy goes back to host memory, and every rank waits for the others. In
+        one process: ``model`` itself."""
         whole = self._gathered(model)
         try:
             yield whole
@@ -166,7 +184,7 @@ class Sharding:
             barrier()
 
     def _release(self) -> None:
-        """Rank 0's copy back to host memory; every rank waits for rank 0's evaluation."""
+        """This rank's copy back to host memory; every rank waits for the others' evaluation."""
         if self.replica is not None:
             self.replica.to("cpu")
         self.barrier()

@@ -254,21 +254,21 @@ class Trainer:
 
     # -- what a run asks of the trainer ------------------------------------------------------------
     def on_exported_model(self, fn: Callable[[nn.Module], T]) -> T:
-        """``fn(the method's export of the whole model)`` under the run's autocast, on rank 0 of
-        a sharded run (which gathers the whole model) with its value sent to every rank."""
+        """``fn(the method's export of the whole model)`` under the run's autocast; in a sharded
+        run on every rank (each gathers the whole model; ``fn`` may split its work over them),
+        and rank 0's value is sent to all."""
         with self.sharding.whole_model(self.model) as whole:
-            def on_writer() -> T:
-                assert whole is not None
+            def export_and_apply() -> T:
                 with self.precision.autocast():
                     return fn(self.method.export(whole))
 
-            return self.sharding.on_writer(on_writer)
+            return self.sharding.from_writer(export_and_apply)
 
     def save_final(self, folder: Path, tokenizer: Any) -> None:
         """``folder/model`` (a plain HF model, e.g. LoRA merged) plus the method's extras; a
-        sharded run gathers the whole model on rank 0, which writes them."""
+        sharded run gathers the whole model, and rank 0 writes them."""
         with self.sharding.whole_model(self.model) as whole:
-            if whole is not None:
+            if self.sharding.writes:
                 self.method.export(whole).save_pretrained(folder / "model")
                 tokenizer.save_pretrained(folder / "model")
                 self.method.save_extras(whole, folder)

@@ -174,8 +174,8 @@ def build_trainer(config: RunConfig, precision: Precision, method: methods.Metho
 
 
 def evaluate_stage(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any) -> dict[str, Any]:
-    """Scores of every task on the exported model; a sharded run gathers the whole model on
-    rank 0, which evaluates while the others wait, and every rank gets rank 0's scores."""
+    """Scores of every task on the exported model; in a sharded run every rank gathers the whole
+    model and evaluates its share of the items, and every rank gets the gathered scores."""
     return trainer.on_exported_model(lambda model: evaluate(model, tokenizer, suite, config.eval, judge=judge))
 
 

@@ -23,7 +23,8 @@ parameters, gradients, optimizer, method and analysis state are divided by W (ea
 - gathered: FSDP2's unsharded working set: the root group (embeddings, final norm, output layer)
   gathered for the whole step, two decoder layers at a time (the current one and the prefetched
   next), each in the compute dtype, plus their gradients reduced in fp32;
-- evaluation: rank 0's whole copy of the model, moved to its GPU while it evaluates a stage.
+- evaluation: each rank's whole copy of the model (parameter dtype), moved to its GPU while the
+  ranks evaluate a stage together, each its share of the items.
   Training activations are freed by then, so the peak is state + max(activations + gathered,
   evaluation).
 A cell fits when the total is at most 95% of the device memory (the rest for the CUDA context
@@ -65,7 +66,7 @@ class Plan:
     analysis: int = 0  # the [analysis] observers' state
     workers: int = 1  # train.workers: every term is per GPU
     gathered: int = 0  # FSDP2's unsharded working set (W > 1)
-    evaluation: int = 0  # rank 0's whole copy while it evaluates (W > 1)
+    evaluation: int = 0  # each rank's whole copy while the ranks evaluate (W > 1)
 
     @property
     def total(self) -> int:
