@@ -113,6 +113,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def assumptions(args: argparse.Namespace) -> Any:
+    """The cost plan's throughput assumptions from the command line."""
+    from bench.run.cost_plan import Assumptions
+
+    for name in ("assume_mfu", "assume_eval_mfu"):
+        if not 0 < getattr(args, name) <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: allowed: a fraction in (0, 1]")
+    if args.device_flops <= 0:
+        raise ValueError(f"--device-flops {args.device_flops}: allowed: > 0")
+    return Assumptions(args.assume_mfu, args.assume_eval_mfu, args.device_flops)
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from bench.launch.dry_run import describe
     from bench.launch.grid import run_grid
@@ -120,6 +132,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     grid = _load(load_grid, args)
     if grid is None:
+        return 2
+    try:
+        assume = assumptions(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     ok, device_bytes = _device_bytes_or_error(args)
     if not ok:
@@ -135,7 +152,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
         for why in missing:
             print(f"note: {why}")
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
-        print("\n".join(describe(grid, device_bytes)))
+        print("\n".join(describe(grid, device_bytes, assume)))
         return 0
     if missing:
         print(f"error: {args.config}: {missing[0]}", file=sys.stderr)
@@ -145,7 +162,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     try:
         counts = run_grid(grid, address=args.address, retry_failed=args.retry_failed, restart=args.restart,
-                          device_bytes=device_bytes, verbose=args.verbose)
+                          device_bytes=device_bytes, verbose=args.verbose, assume=assume)
     except (ConfigError, NotWritable, StudyBusy) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -233,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output (banner, trial table, hints)")
     p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
+    p.add_argument("--assume-mfu", type=float, default=0.40, metavar="F",
+                   help="cost plan: training throughput as a fraction of the device's dense peak (default 0.40)")
+    p.add_argument("--assume-eval-mfu", type=float, default=0.05, metavar="F",
+                   help="cost plan: evaluation throughput, the same way (default 0.05: generation is memory-bound)")
+    p.add_argument("--device-flops", type=float, default=989e12, metavar="FLOP/S",
+                   help="cost plan: a device's dense peak (default 989e12, an H100's bf16)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")

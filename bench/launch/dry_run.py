@@ -9,6 +9,7 @@ from bench.config import RunConfig, to_dict
 from bench.launch.dispatch import resources
 from bench.launch.manifest import cell_status
 from bench.run.cells import Grid
+from bench.run.cost_plan import Assumptions, cost_line, plan_costs, total_line
 from bench.run.memory_plan import Plan, knobs, plan_cell
 from bench.run.regimes import regime_plan
 
@@ -25,10 +26,13 @@ def plans(grid: Grid, device_bytes: int | None) -> list[Plan | None]:
     return out
 
 
-def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
-    """Two lines per cell (for ``--dry-run``): the cell, and its memory plan."""
+def describe(grid: Grid, device_bytes: int | None = None, assume: Assumptions | None = None) -> list[str]:
+    """Three lines per cell (for ``--dry-run``): the cell, its memory plan and its cost; then
+    the grid's cost."""
     lines = []
-    for i, (c, plan) in enumerate(zip(grid.cells, plans(grid, device_bytes))):
+    assume = assume or Assumptions()
+    costs = plan_costs(grid.cells, assume)
+    for i, (c, plan, cost) in enumerate(zip(grid.cells, plans(grid, device_bytes), costs)):
         res_text = ", ".join(f"{k}={v:g}" for k, v in resources(c, grid.spec.resources).items())
         if c.train.workers > 1:
             res_text += f" over {c.train.workers} workers"
@@ -37,6 +41,8 @@ def describe(grid: Grid, device_bytes: int | None = None) -> list[str]:
                      f"{c.method.name:17s} seed={c.seed} opts={opts} [{res_text}]")
         lines.append("      " + (plan.line() if plan else "plan: unknown (no shape for this backbone offline)")
                      + ("" if not plan or plan.fits is not False else f"; knobs: {knobs(c, device_bytes)}"))
+        lines.append("      " + cost_line(cost))
+    lines.append(total_line(costs, assume))
     return lines
 
 

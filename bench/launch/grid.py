@@ -38,6 +38,7 @@ from bench.launch.ray_session import ray_session
 from bench.launch.study_lock import study_lock
 from bench.run import results as res
 from bench.run.cells import Grid
+from bench.run.cost_plan import Assumptions, measured, plan_costs
 from bench.run.execution import RunBusy, base_key, crash_result, ensure_base_scores
 from bench.run.memory_plan import DoesNotFit, check_fits
 
@@ -70,7 +71,7 @@ def _trial(space: dict[str, Any]) -> None:
 
 
 def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False,
-             device_bytes: int | None = None, verbose: bool = False) -> dict[str, int]:
+             device_bytes: int | None = None, verbose: bool = False, assume: Assumptions | None = None) -> dict[str, int]:
     """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
     Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -85,7 +86,7 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
                 except DoesNotFit as e:
                     print(f"error: {e}", file=sys.stderr)
                     res.write_result(cell.run_dir, _failed(cell, e))
-        return _run_locked(grid, address, retry_failed, restart, verbose)
+        return _run_locked(grid, address, retry_failed, restart, verbose, assume or Assumptions())
 
 
 def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
@@ -108,7 +109,8 @@ def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
     return out
 
 
-def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool) -> dict[str, int]:
+def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool,
+                assume: Assumptions) -> dict[str, int]:
     from ray import tune
 
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
@@ -127,6 +129,7 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
         print(f"[grid] base scores of {cell.backbone.name}", file=sys.stderr, flush=True)
         ensure_base_scores(cell)
     per_trial = {c.run_id: resources(c, grid.spec.resources) for c in todo}
+    estimate = sum(c.total_h for c in plan_costs(todo, assume)[:len(todo)])
 
     def trial_resources(space: dict[str, Any]) -> dict[str, float]:
         cell = from_dict(RunConfig, space["cell"], "<grid cell>")
@@ -175,6 +178,10 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
     unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
     print_breakdown(todo)
+    ran = [m for c in todo if (m := measured(c)) is not None]
+    if ran:
+        print(f"[grid] cost: estimated {estimate:,.3f} device-hours for the {len(todo)} cells run, measured "
+              f"{sum(t + e for t, e in ran) / 3600:,.3f} for the {len(ran)} that succeeded", file=sys.stderr)
     return {**counts, **summarize(grid), "unfinished": unfinished}
 
 

@@ -1,0 +1,170 @@
+"""The cost of a cell in device-hours, before it runs: training from its FLOPs, evaluation from
+its requests, at a stated throughput; and, once cells have run, from what they measured.
+
+- Training FLOPs per token (Kaplan et al.'s 6N, split by pass): forward 2N, backward 2N for the
+  activation gradients plus 2 x the trainable parameters for the weight gradients (LoRA's
+  frozen backbone needs no weight gradients), plus another 2N forward when activation
+  checkpointing recomputes the layers. N = the backbone's parameters, from its shape on the
+  meta device (no download). Tokens: steps x batch x ``train.max_length``, an upper bound
+  (rows are padded to the longest row of a micro-batch, not to ``max_length``).
+- Evaluation FLOPs: per evaluation (the base model once per backbone, then every stage), every
+  task's ``eval.limit`` items, each a forward over ``train.max_length`` tokens for its score or
+  gold NLL, plus ``eval.max_gen_toks`` generated tokens for a generating task, at 2N per token.
+- Throughput: a fraction of the device's dense peak (``--assume-mfu`` for training,
+  ``--assume-eval-mfu`` for evaluation, whose generation is bound by memory, not FLOPs), of
+  ``--device-flops`` (default: an H100's 989 TFLOP/s dense bf16). Device-hours count every
+  device of a sharded cell.
+- Measured: a cell with a successful result contributes its own ``train_s`` and ``eval_s`` x
+  workers; a cell still to run that shares its backbone, method and training settings with
+  measured ones is estimated at their measured tokens/s and seconds per evaluation instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import torch
+
+import methods
+from bench.config import RunConfig, to_dict
+from bench.run import results as res
+from bench.run.memory_plan import meta_model, shape_of
+from bench.run.regimes import regime_plan
+from bench.suite.tasks import TASKS
+
+H100_BF16_FLOPS = 989e12
+GENERATING = {"generate", "gsm8k", "open"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Assumptions:
+    mfu: float = 0.40
+    eval_mfu: float = 0.05
+    device_flops: float = H100_BF16_FLOPS
+
+    def text(self) -> str:
+        return (f"training at {100 * self.mfu:.0f}% and evaluation at {100 * self.eval_mfu:.0f}% of "
+                f"{self.device_flops / 1e12:.0f} TFLOP/s per device")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    train_h: float
+    eval_h: float
+    source: str  # "assumed" or "measured" (a result of this cell) or "calibrated" (measured cells like it)
+    tokens: int
+
+    @property
+    def total_h(self) -> float:
+        return self.train_h + self.eval_h
+
+
+def parameters(config: RunConfig) -> tuple[int, int] | None:
+    """(all, trainable) parameters of the cell's model as its method adapts it; None offline without a shape."""
+    shape = shape_of(config.backbone.name)
+    if shape is None:
+        return None
+    model = meta_model(shape, torch.bfloat16)
+    method = methods.build(config.method.name, config.method.options)
+    model = method.adapt(model)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+_WORK: dict[str, tuple[int, float, float]] = {}
+
+
+def work(config: RunConfig) -> tuple[int, float, float]:
+    """(training tokens, training FLOPs, evaluation FLOPs of one evaluation) of a cell, or zeros."""
+    key = similar(config) + str(len(regime_plan(config).groups))
+    if key not in _WORK:
+        _WORK[key] = _work(config)
+    return _WORK[key]
+
+
+def _work(config: RunConfig) -> tuple[int, float, float]:
+    counted = parameters(config)
+    if counted is None:
+        return 0, 0.0, 0.0
+    n, trainable = counted
+    t = config.train
+    stages = len(regime_plan(config).groups)
+    tokens = stages * t.steps_per_stage * t.batch_size * t.max_length
+    per_token = 2 * n + 2 * n + 2 * trainable + (2 * n if t.activation_checkpointing else 0)
+    per_eval = sum(config.eval.limit * 2 * n * (t.max_length * (2 if config.eval.nll else 1)
+                                                 + (config.eval.max_gen_toks if TASKS[name].kind in GENERATING else 0))
+                   for name in config.tasks.names)
+    return tokens, float(tokens * per_token), float(per_eval)
+
+
+def evaluations(config: RunConfig) -> int:
+    """Evaluations of a cell: one per stage (the base scores are counted once per backbone)."""
+    return len(regime_plan(config).groups)
+
+
+def similar(config: RunConfig) -> str:
+    """What makes two cells cost the same per token: backbone, method and its options, training settings."""
+    return json.dumps([config.backbone.name, config.method.name, config.method.options, to_dict(config.train),
+                       to_dict(config.eval), config.tasks.names], sort_keys=True)
+
+
+def steps(config: RunConfig) -> int:
+    return len(regime_plan(config).groups) * config.train.steps_per_stage
+
+
+def measured(config: RunConfig) -> tuple[float, float] | None:
+    """(training, evaluation) device-seconds of a cell's successful result, or None."""
+    try:
+        result = res.read_result(config.run_dir)
+    except res.ResultError:
+        return None
+    if result is None or not result.ok:
+        return None
+    workers = result.train.workers or 1
+    timing = result.train.timing
+    return timing.get("train_s", 0.0) * workers, timing.get("eval_s", 0.0) * workers
+
+
+def plan_costs(cells: Sequence[RunConfig], assume: Assumptions) -> list[Cost]:
+    """Each cell's cost: measured where it ran, calibrated from measured cells like it (their
+    device-seconds per step and per evaluation), else assumed; plus the base scores, once per
+    backbone."""
+    done = {id(c): m for c in cells if (m := measured(c)) is not None}
+    rates: dict[str, list[tuple[float, float]]] = {}
+    for c in cells:
+        if id(c) in done:
+            train_s, eval_s = done[id(c)]
+            rates.setdefault(similar(c), []).append((train_s / steps(c), eval_s / evaluations(c)))
+    out = []
+    for c in cells:
+        tokens, train_flops, eval_flops = work(c)
+        if id(c) in done:
+            train_s, eval_s = done[id(c)]
+            out.append(Cost(train_s / 3600, eval_s / 3600, "measured", tokens))
+        elif like := rates.get(similar(c)):
+            per_step, per_eval = (sum(r[i] for r in like) / len(like) for i in (0, 1))
+            out.append(Cost(per_step * steps(c) / 3600, per_eval * evaluations(c) / 3600, "calibrated", tokens))
+        else:
+            out.append(Cost(train_flops / (assume.mfu * assume.device_flops) / 3600,
+                            eval_flops * evaluations(c) / (assume.eval_mfu * assume.device_flops) / 3600,
+                            "assumed", tokens))
+    for name in sorted({c.backbone.name for c in cells}):  # the base scores, before the trials
+        _, _, eval_flops = work(next(c for c in cells if c.backbone.name == name))
+        out.append(Cost(0.0, eval_flops / (assume.eval_mfu * assume.device_flops) / 3600, "assumed", 0))
+    return out
+
+
+def cost_line(cost: Cost) -> str:
+    return (f"cost {cost.total_h:,.2f} device-h (training {cost.train_h:,.2f} of {cost.tokens:,} tokens at most, "
+            f"evaluation {cost.eval_h:,.2f}; {cost.source})")
+
+
+def total_line(costs: Sequence[Cost], assume: Assumptions) -> str:
+    """The grid's total and how it splits, with where the figures come from."""
+    train, evaluation = sum(c.train_h for c in costs), sum(c.eval_h for c in costs)
+    counts = {s: sum(c.source == s for c in costs) for s in ("measured", "calibrated", "assumed")}
+    return (f"cost of the grid: {train + evaluation:,.1f} device-hours = training {train:,.1f} + evaluation "
+            f"{evaluation:,.1f} (base scores included; "
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f"; assumed: {assume.text()})")

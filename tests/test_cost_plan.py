@@ -1,0 +1,55 @@
+"""The cost plan: FLOPs by hand for one cell, the grid total in the dry run, and measured cells
+replacing the assumption for the cells like them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bench.cli import main
+from bench.run.cells import load_grid
+from bench.run.cost_plan import Assumptions, parameters, plan_costs, work
+from tests.test_faults import SMOKE
+
+
+@pytest.fixture
+def grid(tmp_path):
+    return load_grid(SMOKE, {"results_dir": str(tmp_path / "r")})
+
+
+def test_training_and_evaluation_flops_by_hand(grid):
+    cell = grid.cells[0]  # full_sft, 4 sequential stages x 15 steps x 8 rows x 96 tokens
+    n, trainable = parameters(cell)
+    assert n == trainable
+    tokens, train, evaluation = work(cell)
+    assert tokens == 4 * 15 * 8 * 96 and train == tokens * 6 * n
+    # 4 tasks x 30 items: a forward for the score and one for the gold NLL over 96 tokens, and
+    # 8 generated tokens for the 3 generating tasks
+    assert evaluation == 2 * n * 30 * (4 * 2 * 96 + 3 * 8)
+    cost = plan_costs([cell], Assumptions(mfu=0.5, eval_mfu=0.1, device_flops=1e12))[0]
+    assert cost.source == "assumed" and cost.train_h == pytest.approx(train / 0.5e12 / 3600)
+    assert cost.eval_h == pytest.approx(4 * evaluation / 0.1e12 / 3600)
+
+
+def test_measured_cells_replace_the_assumption_for_cells_like_them(grid):
+    from bench.run import results as res
+    from bench.run.execution import new_run_info
+    from reports.schema import Result, TrainInfo
+
+    done = grid.cells[0]  # full_sft seed 0; cells[1] is full_sft seed 1, the same per step
+    done.run_dir.mkdir(parents=True)
+    run = dataclasses.replace(new_run_info(done), status="success")
+    res.write_result(done.run_dir, Result(run=run, train=TrainInfo(timing={"train_s": 36.0, "eval_s": 18.0})))
+    costs = plan_costs(grid.cells, Assumptions())
+    assert [c.source for c in costs[:4]] == ["measured", "calibrated", "assumed", "assumed"]
+    assert costs[0].train_h == pytest.approx(0.01) and costs[0].eval_h == pytest.approx(0.005)
+    assert costs[1].train_h == pytest.approx(0.01) and costs[1].eval_h == pytest.approx(0.005)
+
+
+def test_the_dry_run_prints_every_cells_cost_and_the_grids(capsys):
+    assert main(["grid", "--dry-run", str(SMOKE), "--assume-mfu", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("      cost ") == 4 and "cost of the grid:" in out and "training at 30%" in out
+    assert main(["grid", "--dry-run", str(SMOKE), "--assume-mfu", "3"]) == 2
+    assert "--assume-mfu 3.0: allowed: a fraction in (0, 1]" in capsys.readouterr().err
