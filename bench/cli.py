@@ -153,6 +153,11 @@ def cmd_grid(args: argparse.Namespace) -> int:
             print(f"note: {why}")
         print(f"{len(grid.cells)} cells -> {grid.study_dir}")
         print("\n".join(describe(grid, device_bytes, assume)))
+        import os
+
+        from bench.launch.readiness import startup_checks
+
+        print("\n".join(startup_checks(grid, args.address or os.environ.get("RAY_ADDRESS"))))
         return 0
     if missing:
         print(f"error: {args.config}: {missing[0]}", file=sys.stderr)

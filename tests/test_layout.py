@@ -24,7 +24,7 @@ ISOLATION_WORDS = re.compile(r"isolat|\bmasks?\b|refresh|\bepi\b|static_isolatio
 # bench's wings, bottom (0) to top. Wings on one level may not import each other.
 LEVELS = {"files": 0, "config": 1, "engine": 2, "backbones": 3, "analysis": 3, "suite": 4, "run": 5,
           "launch": 6, "cli": 7}
-TOOLS_MAY_IMPORT_BELOW = LEVELS["run"]
+TOOLS_MAY_IMPORT_BELOW = LEVELS["launch"]
 # Third-party packages a wing must not import, and the wings that own them.
 ONLY_IN = {"ray": {"launch"}, "tomllib": {"config", "tools"}}
 NO_TORCH = {"config", "files"}
@@ -91,7 +91,7 @@ def direction_violations(edges: dict[str, list[tuple[int, str]]]) -> list[str]:
                 bad.append(f"{where}: nothing imports bench.tools")
             elif a == "tools":
                 if LEVELS[b] >= TOOLS_MAY_IMPORT_BELOW:
-                    bad.append(f"{where}: tools import only wings below run")
+                    bad.append(f"{where}: tools import only wings below launch")
             elif LEVELS[b] >= LEVELS[a]:
                 bad.append(f"{where}: {a} (level {LEVELS[a]}) may not import {b} (level {LEVELS[b]})")
     return bad

@@ -33,7 +33,7 @@ from tabulate import tabulate
 
 import methods
 from bench import analysis
-from bench.backbones.registry import load_backbone, resolve
+from bench.backbones.registry import enable_activation_checkpointing, load_backbone, resolve
 from bench.config import TrainConfig
 from bench.engine.checkpoint import Checkpointer
 from bench.engine.data import IGNORE, Feature, StageData, Stream
@@ -104,6 +104,8 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
         torch.cuda.reset_peak_memory_stats()
     precision = Precision.from_config(args.precision, on)
     model, tokenizer = load_backbone(args.backbone, precision.param_dtype, 0, on)
+    if getattr(args, "activation_checkpointing", False):
+        enable_activation_checkpointing(model)
     n_params = sum(p.numel() for p in model.parameters())
     method = methods.build(name, options)
     config = TrainConfig(batch_size=args.batch, lr=1e-5, warmup_steps=0, max_length=args.seq, grad_accum=1,

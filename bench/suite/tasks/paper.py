@@ -192,17 +192,20 @@ def _chat_from_hub(r: dict[str, Any]) -> Row:
     return instruction_row(user, "", reply)
 
 
+# The hub dataset of each paper task.
+HUB_IDS = {"gsm8k": "openai/gsm8k", "logiqa": "lucasmccabe/logiqa", "codealpaca": "sahil2801/CodeAlpaca-20k",
+           "alpaca": "tatsu-lab/alpaca", "ultrachat": "HuggingFaceH4/ultrachat_200k"}
 HUB: dict[str, Callable[[], tuple[list[Row], list[Row] | None]]] = {
-    "gsm8k": lambda: (hub_rows("openai/gsm8k", "main", "train", lambda r: gsm8k_row(r["question"], r["answer"])),
-                      hub_rows("openai/gsm8k", "main", "test", lambda r: gsm8k_row(r["question"], r["answer"]))),
-    "logiqa": lambda: tuple(hub_rows("lucasmccabe/logiqa", None, s, lambda r: logiqa_row(
+    "gsm8k": lambda: tuple(hub_rows(HUB_IDS["gsm8k"], "main", s, lambda r: gsm8k_row(r["question"], r["answer"]))
+                           for s in ("train", "test")),  # type: ignore[return-value]
+    "logiqa": lambda: tuple(hub_rows(HUB_IDS["logiqa"], None, s, lambda r: logiqa_row(
         "abcd"[r["correct_option"]], r["context"], r["query"], r["options"])) for s in ("train", "test")),  # type: ignore[return-value]
-    "codealpaca": lambda: (hub_rows("sahil2801/CodeAlpaca-20k", None, "train",
+    "codealpaca": lambda: (hub_rows(HUB_IDS["codealpaca"], None, "train",
                                     lambda r: instruction_row(r["instruction"], r["input"], r["output"])), None),
-    "alpaca": lambda: (hub_rows("tatsu-lab/alpaca", None, "train",
+    "alpaca": lambda: (hub_rows(HUB_IDS["alpaca"], None, "train",
                                 lambda r: instruction_row(r["instruction"], r["input"], r["output"])), None),
-    "ultrachat": lambda: (hub_rows("HuggingFaceH4/ultrachat_200k", None, "train_sft", _chat_from_hub),
-                          hub_rows("HuggingFaceH4/ultrachat_200k", None, "test_sft", _chat_from_hub)),
+    "ultrachat": lambda: tuple(hub_rows(HUB_IDS["ultrachat"], None, s, _chat_from_hub)
+                               for s in ("train_sft", "test_sft")),  # type: ignore[return-value]
 }
 
 
