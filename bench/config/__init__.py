@@ -4,16 +4,7 @@ names as constants) and its loading from TOML and ``--set``. No torch, nothing e
 The names most callers need are re-exported here: ``from bench.config import RunConfig``.
 """
 
-from bench.config.loading import (
-    Replace,
-    check_unique,
-    expand_home,
-    from_dict,
-    merge,
-    parse_override,
-    read_toml,
-    resolve_sources,
-)
+from bench.config.loading import Replace, check_unique, expand_home, from_dict, merge, parse_override, read_toml, resolve_sources
 from bench.config.schema import (
     ADDED_LATER,
     OPERATIONAL,

@@ -64,28 +64,20 @@ class Sharding:
     def on_writer(self, fn: Callable[[], T]) -> T:
         """``fn()`` on rank 0 only (it may write files), its value sent to every rank; an error
         there is raised on every rank, so none waits for a value that never comes."""
-        if not self.active:
-            return fn()
-        box: list[Any] = [None]
-        if self.writes:
-            try:
-                box = [(True, fn())]
-            except Exception as e:
-                dist.broadcast_object_list([(False, f"{type(e).__name__}: {e}")], src=0)
-                raise
-        dist.broadcast_object_list(box, src=0)
-        ok, value = box[0]
-        if not ok:
-            raise RuntimeError(f"rank 0 failed: {value}")
-        return value
+        return self._from_rank_0(fn, everywhere=False)
 
     def from_writer(self, fn: Callable[[], T]) -> T:
         """``fn()`` on every rank (it may use collectives, e.g. a sharded evaluation), rank 0's
         value sent to all; an error on rank 0 is raised on every rank."""
+        return self._from_rank_0(fn, everywhere=True)
+
+    def _from_rank_0(self, fn: Callable[[], T], everywhere: bool) -> T:
         if not self.active:
             return fn()
+        box: list[Any] = [None]
         try:
-            box: list[Any] = [(True, fn())]
+            if everywhere or self.writes:
+                box = [(True, fn())]
         except Exception as e:
             if self.writes:
                 dist.broadcast_object_list([(False, f"{type(e).__name__}: {e}")], src=0)
