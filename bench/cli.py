@@ -229,7 +229,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     for name in methods.names():
         cls = methods.get(name)
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        doc = " ".join((sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
         print(f"{name}: {doc}")
         for option, tp, default, help_text in methods.describe(name):
             print(f"    {option} ({tp}, default {default!r}): {help_text}")

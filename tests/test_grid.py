@@ -245,3 +245,39 @@ def test_grid_runs_a_sharded_cell_on_two_ray_train_workers_like_one_process(tmp_
         return [json.loads(line) for line in (root / run_id / "events" / "method.jsonl").read_text().splitlines()]
 
     assert events(tmp_path / "results" / "g") == events(alone / "g") != []
+
+
+@pytest.mark.parametrize("sets", [
+    ['grid.methods=["epi"]', "method.options.rho=0.5"],  # epi's cells take grid.method_options.epi
+    ["method.options.lambda_=10"],  # full_sft's own option: the epi cells would drop it
+])
+def test_a_method_option_set_that_some_cell_would_lose_is_refused(capsys, sets):
+    from tests.test_faults import SMOKE
+
+    assert main(["grid", "--dry-run", str(SMOKE), *(x for s in sets for x in ("--set", s))]) == 2
+    err = capsys.readouterr().err
+    assert "would not reach method 'epi'" in err and "grid.method_options.epi." in err
+
+
+def test_the_grid_key_the_refusal_names_gives_new_cells(capsys):
+    from tests.test_faults import SMOKE
+
+    assert main(["grid", "--dry-run", str(SMOKE), "--set", 'grid.methods=["epi"]']) == 0
+    before = {line.split()[1] for line in capsys.readouterr().out.splitlines() if " epi " in line}
+    assert main(["grid", "--dry-run", str(SMOKE), "--set", 'grid.methods=["epi"]',
+                 "--set", "grid.method_options.epi.rho=0.5"]) == 0
+    out = capsys.readouterr().out
+    after = {line.split()[1] for line in out.splitlines() if " epi " in line}
+    assert "rho=0.5" in out and "rho=0.05" not in out and after and not after & before
+
+
+def test_isobench_methods_prints_the_whole_first_paragraph(capsys):
+    import sys
+
+    import methods
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in methods.names():
+        doc = sys.modules[methods.get(name).__module__].__doc__.strip().split("\n\n")[0]
+        assert f"{name}: {' '.join(doc.split())}" in out

@@ -93,6 +93,26 @@ def dotted_keys(table: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+def check_option_overrides(spec: GridSpec, file_data: dict[str, Any], overrides: dict[str, Any],
+                           where: str) -> None:
+    """``--set method.options.X`` reaches the cells of ``method.name`` only, and loses to a
+    ``[grid.method_options]`` or ``[grid.method_axes]`` entry of X: where it would be dropped or
+    overridden in some cell, it is refused, naming the key that sets X in those cells."""
+    options = overrides.get("method", {}).get("options")
+    if not isinstance(options, dict) or not options:
+        return
+    name = overrides.get("method", {}).get("name", file_data.get("method", {}).get("name", "full_sft"))
+    for method in spec.methods or [name]:
+        per_method = {**spec.method_options.get(method, {}),
+                      **{k.removeprefix("method.options."): v for k, v in spec.method_axes.get(method, {}).items()}}
+        for option in options:
+            if method != name or option in per_method:
+                why = ("its cells take their options from the grid" if method != name
+                       else f"grid.method_options.{method}.{option} sets it in every cell")
+                raise ConfigError(f"{where}: --set method.options.{option}=... would not reach method {method!r}'s "
+                                  f"cells ({why}); set --set grid.method_options.{method}.{option}=... instead")
+
+
 def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, Any],
                overrides: dict[str, Any], where: str) -> None:
     """Grid keys that would silently do something else than what was written."""
@@ -128,6 +148,7 @@ def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, A
             raise ConfigError(f"{where}: --set {key}=... would be overridden in every cell by the [grid] table "
                               f"(it sets {key}); override the grid axis instead, e.g. --set 'grid.methods=[\"...\"]', "
                               f"or --set 'grid.axes={{}}' to replace a table")
+    check_option_overrides(spec, file_data, overrides, where)
     for res, count in spec.resources.items():
         if res not in ("cpu", "gpu"):
             raise ConfigError(f"{where}: unknown key grid.resources.{res}; allowed: cpu, gpu")
