@@ -9,7 +9,8 @@ import sys
 from typing import Any
 
 SET_HELP = ("override a key, e.g. train.lr=1e-4 (the value is TOML). A key that a grid file's [grid] table sets in "
-            "every cell (method.name with grid.methods, seed with grid.seeds, a grid.axes key...) is refused: "
+            "every cell (method.name with grid.methods, seed with grid.seeds, a grid.axes key...), or a method.options "
+            "key that some cell would lose, is refused: "
             "override the grid key instead, e.g. grid.methods='[\"lora\"]'. An inline table replaces the table "
             "whole: grid.method_options={} drops every per-method option list")
 
