@@ -25,12 +25,11 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-import torch
-
-import methods
+from bench.backbones.registry import device
 from bench.config import RunConfig, to_dict
+from bench.engine.precision import Precision
 from bench.run import results as res
-from bench.run.memory_plan import meta_model, shape_of
+from bench.run.memory_plan import adapted_meta_model, shape_of
 from bench.run.regimes import regime_plan
 from bench.suite.tasks import TASKS
 
@@ -66,9 +65,7 @@ def parameters(config: RunConfig) -> tuple[int, int] | None:
     shape = shape_of(config.backbone.name)
     if shape is None:
         return None
-    model = meta_model(shape, torch.bfloat16)
-    method = methods.build(config.method.name, config.method.options)
-    model = method.adapt(model)
+    model, _ = adapted_meta_model(config, shape, Precision.from_config(config.train.precision, device()))
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 

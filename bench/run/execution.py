@@ -106,6 +106,15 @@ def is_done(config: RunConfig, result: Result | None) -> bool:
     return result is not None and result.ok and not stale_sources(config, result)
 
 
+def done_result(config: RunConfig) -> Result | None:
+    """The cell's result when it is done (``is_done``); None when it is to run (a corrupt result is redone)."""
+    try:
+        previous = res.read_result(config.run_dir)
+    except res.ResultError:
+        return None
+    return previous if is_done(config, previous) else None
+
+
 def base_path(config: RunConfig) -> Path:
     digest = hashlib.sha1(base_key(config).encode()).hexdigest()[:10]
     return Path(config.results_dir) / config.study / "base" / f"{digest}.json"
@@ -246,13 +255,8 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     discards it); returns (and writes) its result. ``listeners`` get every metrics line;
     ``timing`` (seconds by phase, e.g. the caller's imports) is completed and recorded."""
     run_dir = config.run_dir
-    try:
-        previous = res.read_result(run_dir)
-    except res.ResultError:
-        previous = None  # a corrupt result is redone
-    if is_done(config, previous) and not force:
-        assert previous is not None
-        return previous
+    if not force and (previous := done_result(config)) is not None:
+        return previous  # without waiting for the lock of a run that may be going on
     run_dir.mkdir(parents=True, exist_ok=True)
     precision = Precision.from_config(config.train.precision, device())
     sharding = Sharding(precision.device, workers=config.train.workers)  # Ray Train started the process group
@@ -279,11 +283,8 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
              timing: dict[str, float] | None) -> Result:
     """``execute`` under the run's lock."""
     run_dir = config.run_dir
-    if not force:  # a run that finished while this process waited to start
-        with contextlib.suppress(res.ResultError):
-            previous = res.read_result(run_dir)
-            if previous is not None and is_done(config, previous):
-                return previous
+    if not force and (previous := done_result(config)) is not None:
+        return previous  # it finished while this process waited for the lock
     run, evaluation, provenance = new_run_info(config), Evaluation(), res.provenance()
     start = time.perf_counter()
     trainer = method = None

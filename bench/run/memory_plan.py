@@ -161,6 +161,13 @@ def gathered_bytes(model: torch.nn.Module, compute_bytes: int) -> int:
     return root + 2 * max((size(list(m.parameters())) for m in layers), default=0)
 
 
+def adapted_meta_model(config: RunConfig, shape: dict[str, Any],
+                       precision: Precision) -> tuple[torch.nn.Module, methods.Method]:
+    """The cell's model on the meta device as its method adapts and prepares it, and the method."""
+    method = methods.build(config.method.name, config.method.options)
+    return method.prepare(method.adapt(meta_model(shape, precision.param_dtype))), method
+
+
 def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None = None) -> Plan | None:
     """The plan of one cell per accelerator, on ``workers`` GPUs (default ``train.workers``);
     None when the backbone's shape is unknown offline."""
@@ -169,9 +176,7 @@ def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None =
         return None
     w = workers or config.train.workers
     precision = Precision.from_config(config.train.precision, device())  # "auto" as on this machine
-    model = meta_model(shape, precision.param_dtype)
-    method = methods.build(config.method.name, config.method.options)
-    model = method.prepare(method.adapt(model))
+    model, method = adapted_meta_model(config, shape, precision)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     param_bytes = sum(p.numel() * p.element_size() for p in params)

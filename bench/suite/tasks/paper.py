@@ -19,6 +19,7 @@ expected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -231,9 +232,16 @@ def source_problem(task: str, path: Path) -> str | None:
 
 def source_sha256(path: Path) -> str:
     """Content hash of a local source: a file's bytes, or a folder's files (names and bytes) in
-    name order. Part of a run's identity: a rewritten file is another source."""
+    name order. Part of a run's identity: a rewritten file is another source. Each file is read
+    once per (size, modification time): a grid asks for the same sources for every cell."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return _sha256(path, tuple((f, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: Path, files: tuple[tuple[Path, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+    for file, _, _ in files:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0" if file != path else b"")
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
