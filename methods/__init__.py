@@ -1,6 +1,6 @@
 """The method registry. Adding a method = one new file here plus one import line below."""
 
-from methods import cpi_ft, epi, full_sft, lora, random_isolation, static_isolation  # noqa: F401  (registers)
+from methods import cpi_ft, epi, ewc, full_sft, hft, lora, mofo, random_isolation, replay, static_isolation  # noqa: F401, E501
 from methods.base import Method, MethodConfig, PlanContext, StageContext, StageData, StagePlan
 from methods.registry import METHODS, Registry, build, describe, get, names, register
 

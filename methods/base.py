@@ -20,11 +20,14 @@ Every call, in order, for one run::
         on_stage_start(ctx)                       ctx: stage, step, data, model, optimizer
         for each optimizer step:
             before_step(step, model)
+            rows(step, rows) -> rows              the step's rows, before they are dealt to workers
             forward + backward of every micro-batch (under the run's precision)
+            loss(step, model) -> tensor | None    a term added once to the step's loss; backward
             after_backward(step, model)           gradients summed, before clipping
             (gradients clipped; the loss is checked: a NaN/inf loss stops the run here)
             optimizer.step(); scheduler.step()
             after_step(step, model, optimizer)
+            held_fixed()                          read now: the entries this step kept unchanged
             (zero_grad; every ``log_every`` steps a metrics line takes ``stats()``)
             drain_events()                        after every step: written to events/method.jsonl
         on_stage_end(ctx)
@@ -36,6 +39,15 @@ Every call, in order, for one run::
 
 Observers (``bench/engine/observers.py``) get the same calls after the method (plus ``attach`` after ``prepare``
 and ``on_gradients`` right after the backward pass, before ``after_backward``), and never change state.
+
+Three kinds of method fit these hooks, and the contract (``tests/harness.py``) checks each claim:
+- a method that keeps entries fixed (isolation, MoFO, HFT) declares them in ``held_fixed``; the
+  contract checks that they are bit-identical across every step, and, where ``update_budget``
+  states a share, that no more entries moved than that;
+- a regularizer (EWC) returns its term from ``loss``; it is logged as ``method_loss`` beside the
+  task loss;
+- a data method (replay) replaces rows in ``rows``.
+Every method but full SFT must end with other weights than full SFT on the same seed and data.
 """
 
 from __future__ import annotations
@@ -48,9 +60,10 @@ import torch
 from torch import nn
 
 from core.options import Options
-from methods.contexts import Batch, PlanContext, StageContext, StageData, StagePlan, tensor_bytes
+from methods.contexts import Batch, PlanContext, Row, StageContext, StageData, StagePlan, tensor_bytes
 
-__all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "StageContext", "StageData", "StagePlan", "tensor_bytes"]
+__all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "Row", "StageContext", "StageData", "StagePlan",
+           "tensor_bytes"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -105,6 +118,23 @@ class Method:
     def before_step(self, step: int, model: nn.Module) -> None:
         """Before the micro-batches of optimizer step ``step``."""
 
+    def rows(self, step: int, rows: list[Row]) -> list[Row]:
+        """The rows step ``step`` trains on (``batch_size`` tokenized rows, the stream's draw);
+        return them, or a list of the same length with some replaced (e.g. replayed rows of an
+        earlier stage). Called on every rank with the same rows, before they are dealt to the
+        workers: it must return the same rows on every rank (draw from the method's own seeded
+        state, which ``state_dict`` must hold)."""
+        return rows
+
+    def loss(self, step: int, model: nn.Module) -> torch.Tensor | None:
+        """A term added once to step ``step``'s loss, after the micro-batches' backward, in the
+        units of the task loss (mean NLL per answer token); the trainer back-propagates it and
+        logs its value as ``method_loss``. It is a function of the parameters (e.g. EWC's
+        penalty), computed on this rank's blocks (``methods.collectives.local``): under sharding
+        the ranks' terms add up to the one-process term, and each rank's gradient lands on its
+        own entries. None: no term (the default)."""
+        return None
+
     def after_backward(self, step: int, model: nn.Module) -> None:
         """Gradients accumulated for ``step``, before clipping (mask grads, read importance)."""
 
@@ -126,6 +156,19 @@ class Method:
     def isolation_masks(self) -> dict[str, torch.Tensor]:
         """Current isolation masks by parameter name, True = isolated; empty if none."""
         return {}
+
+    def held_fixed(self) -> dict[str, torch.Tensor]:
+        """The entries the step just taken kept unchanged by design, read after ``after_step``:
+        per parameter name, either a bool tensor of this rank's block's shape (True = held; a 0-d
+        True holds the whole parameter) or sorted flat int indices into the block. Names absent
+        held nothing. The contract checks every such entry bit for bit; the lost-update sentinel
+        does not count them, and result.json's budget counts them as not updated."""
+        return {}
+
+    def update_budget(self) -> float | None:
+        """The share of trainable entries this method's options say one step may update (MoFO:
+        alpha); the contract fails a run in which more moved. None: no such claim."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue identically (masks, importance, counters)."""

@@ -5,19 +5,20 @@ context of a stage boundary, the context and result of planning the stages; and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
+Row = tuple[list[int], list[int]]  # one tokenized training row: (input_ids, labels)
 
 
 class StageData(Protocol):
     """What a method may see of a regime stage's training data (no paths, no run config).
 
-    ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
+    ``rows`` are the stage's tokenized rows (a data method keeps some, e.g. replay), ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
     task of it), ``loss(model, batch)`` is the exact loss the training loop optimizes (under the
     run's precision policy), ``optimizer(params, lr)`` the run's optimizer (its rounding too)
     for a method's own short fine-tunes (probes), without weight decay.
@@ -25,6 +26,8 @@ class StageData(Protocol):
 
     stage: int
     tasks: Sequence[str]
+    rows: Mapping[str, Sequence[Row]]  # the stage's tokenized training rows, per task
+    seed: int  # the run's data seed
 
     def batches(self, n: int, task: str | None = None) -> Iterator[Batch]: ...
 

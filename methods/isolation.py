@@ -72,6 +72,9 @@ class IsolationMethod(Method):
     def on_stage_start(self, ctx: StageContext) -> None:
         self.stage = ctx.stage
 
+    def before_step(self, step: int, model: nn.Module) -> None:
+        self.held = dict(self.isolated.index)  # the set this step keeps (a refresh after it assigns anew)
+
     def after_backward(self, step: int, model: nn.Module) -> None:
         self.isolated.zero_grads()
 
@@ -115,6 +118,10 @@ class IsolationMethod(Method):
 
     def isolation_masks(self) -> dict[str, torch.Tensor]:
         return self.isolated.masks() if hasattr(self, "isolated") else {}
+
+    def held_fixed(self) -> dict[str, torch.Tensor]:
+        """The isolated set as it was when the step began (sorted flat indices)."""
+        return getattr(self, "held", {})
 
     def stats(self) -> dict[str, float]:
         count = getattr(self, "count", 0)

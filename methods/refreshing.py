@@ -71,5 +71,10 @@ class RefreshingIsolation(IsolationMethod):
         index = select_top_fraction(self.scores(optimizer), self.config.rho, normalize=self.normalize)
         self.isolate(index, steps_done, optimizer, self.reset_keys())
 
+    def planned_state_bytes(self) -> int:
+        """The isolation state, plus the int32 indices of the set a step began with: a refresh
+        after the step assigns the new set while ``held_fixed`` still reports the old one."""
+        return super().planned_state_bytes() + round(self.config.rho * self.eligible_count) * 4
+
     def timed_operations(self) -> dict[str, Any]:
         return {"refresh": lambda: self.refresh(self.steps_done, self.optimizer)}

@@ -86,6 +86,9 @@ class TrainInfo:
     peak_memory_bytes: int | None = None
     precision: dict[str, Any] = dataclasses.field(default_factory=dict)
     method_stats: dict[str, float] = dataclasses.field(default_factory=dict)
+    # updated_share: mean share of trainable entries a step updated; state_bytes_per_param: the
+    # method's planned state per model parameter; trainable: trainable entries
+    budget: dict[str, Any] = dataclasses.field(default_factory=dict)
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)  # saves, bytes, write_s, read_s
     observers: dict[str, Any] = dataclasses.field(default_factory=dict)  # each observer's summary, by name
     timing: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds by phase (imports, data, model, ...)

@@ -3,13 +3,16 @@
 At each stage end it records, over a fixed sample of trainable entries (2^20 by default, drawn
 from the run seed, so it costs a few MB even at 8B), the fraction of entries that received a
 non-zero gradient during the stage (after the method's hooks, so entries a method freezes on
-purpose have none) but whose value never changed. Under fp32 or bf16-mixed that fraction is ~0;
+purpose have none) in a step that did not declare it held fixed (``Method.held_fixed``: MoFO
+keeps the gradients of the entries it holds), but whose value never changed. Under fp32 or
+bf16-mixed that fraction is ~0;
 under bf16-pure at a small learning rate most updates round away. A frozen entry is then frozen
 on purpose, not by rounding: the report flags runs above a threshold.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,6 +21,7 @@ from torch import nn
 from bench.engine.observers import Observer, Recorder
 from methods.base import StageContext
 from methods.collectives import local, local_indices, reduce_
+from methods.masks import held_at
 
 SAMPLE = 1 << 20
 
@@ -25,8 +29,11 @@ SAMPLE = 1 << 20
 class LostUpdateSentinel(Observer):
     name = "lost_update"
 
-    def __init__(self, seed: int, sample: int = SAMPLE) -> None:
-        self.seed, self.sample = seed, sample
+    def __init__(self, seed: int, sample: int = SAMPLE,
+                 held_fixed: Callable[[], dict[str, torch.Tensor]] = dict) -> None:
+        """``held_fixed``: the method's ``Method.held_fixed`` (entries it kept on purpose)."""
+        self.seed, self.sample, self.held_fixed = seed, sample, held_fixed
+        self.stepped: dict[str, torch.Tensor] = {}  # sampled entries with a gradient in this step
         self.index: dict[str, torch.Tensor] = {}
         self.start: dict[str, torch.Tensor] = {}
         self.touched: dict[str, torch.Tensor] = {}
@@ -53,9 +60,16 @@ class LostUpdateSentinel(Observer):
             self.touched[name] = torch.zeros(self.index[name].numel(), dtype=torch.bool, device=self.start[name].device)
 
     def after_backward(self, step: int, model: nn.Module) -> None:
-        for name, p in self._params(model).items():
-            if p.grad is not None and name in self.touched:
-                self.touched[name] |= local(p.grad).reshape(-1)[self.index[name]] != 0
+        self.stepped = {name: local(p.grad).reshape(-1)[self.index[name]] != 0
+                        for name, p in self._params(model).items() if p.grad is not None and name in self.touched}
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        held, params = self.held_fixed(), dict(model.named_parameters())
+        for name, had_gradient in self.stepped.items():
+            if name in held:
+                had_gradient &= ~held_at(held[name], self.index[name], params[name])
+            self.touched[name] |= had_gradient
+        self.stepped = {}
 
     def on_stage_end(self, ctx: StageContext) -> None:
         counts = torch.zeros(3, dtype=torch.long)

@@ -40,6 +40,7 @@ from bench.engine.precision import Precision
 from bench.engine.run_log import RunLog
 from bench.engine.sharding import Sharding
 from methods.base import Method, PlanContext, StageContext, StagePlan
+from methods.masks import held_count
 
 T = TypeVar("T")
 
@@ -93,6 +94,10 @@ class Trainer:
         self.stage_step = 0  # optimizer steps done in the stage in progress
         self.stages_done = 0  # stages trained to their end
         self.losses: list[float] = []
+        self.method_losses: list[float] = []  # the method's own loss term per step (Method.loss), if any
+        self.held_entries = 0  # entries held fixed (Method.held_fixed) summed over steps, this rank
+        self.named = dict(self.model.named_parameters())
+        self.trainable = sum(p.numel() for p in self.params)  # over all ranks
         self.tokens = 0
         self.train_seconds = 0.0
         self._resume_stream: dict[str, Any] | None = None
@@ -175,6 +180,7 @@ class Trainer:
         c, step, shards = self.config, self.step, self.sharding
         for part in self.parts:
             part.before_step(step, self.model)
+        rows = self._method_rows(step, rows)
         mine = shards.my_micro_batches(rows, c.grad_accum)
         total = sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)  # the step's answer tokens
         loss_sum = torch.zeros((), device=self.on)
@@ -185,30 +191,47 @@ class Trainer:
                 nll = summed_nll(self.model, batch)
             shards.step_loss(nll, total).backward()
             loss_sum += nll.detach()
+        term = self.method.loss(step, self.model)
+        if term is not None:
+            term.backward()
+            term = float(shards.sum(term.detach().float().reshape(1)))  # the ranks' parts add up to the term
         for observer in self.observers:
             observer.on_gradients(step, self.model)
         for part in self.parts:
             part.after_backward(step, self.model)
         grad_norm = shards.clip(self.params, c.max_grad_norm) if c.max_grad_norm > 0 else None
         loss = float(shards.sum(loss_sum)) / max(total, 1)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(step, loss)
+        if not math.isfinite(loss + (term or 0.0)):
+            raise NonFiniteLoss(step, loss + (term or 0.0))
         self.optimizer.step()
         self.scheduler.step()
         for part in self.parts:
             part.after_step(step, self.model, self.optimizer)
+        self.held_entries += sum(held_count(v, self.named[n]) for n, v in self.method.held_fixed().items())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.stage_step += 1
         self.losses.append(loss)
         self.tokens += sum(len(ids) for ids, _ in rows)
         self.train_seconds += time.perf_counter() - start
+        if term is not None:
+            self.method_losses.append(term)
         if step % c.log_every == 0:
-            self.log.metric({"step": step, "stage": self.stage, "loss": loss, "lr": float(self.scheduler.get_last_lr()[0]),
+            extra = {} if term is None else {"method_loss": term}
+            self.log.metric({"step": step, "stage": self.stage, "loss": loss, **extra,
+                             "lr": float(self.scheduler.get_last_lr()[0]),
                              "grad_norm": None if grad_norm is None else float(grad_norm),
                              "tokens": self.tokens, "train_s": round(self.train_seconds, 4), **self.method.stats()})
         self._collect_events()
         return loss
+
+    def _method_rows(self, step: int, rows: list[Feature]) -> list[Feature]:
+        """The method's rows for this step (``Method.rows``), the same count as drawn."""
+        chosen = list(self.method.rows(step, list(rows)))
+        if len(chosen) != len(rows):
+            raise RuntimeError(f"method {self.method.name!r} returned {len(chosen)} rows for step {step}, "
+                               f"not the {len(rows)} drawn")
+        return chosen
 
     def _collect_events(self) -> None:
         self.log.event("method", self.method.drain_events())
@@ -225,7 +248,9 @@ class Trainer:
         return {
             "counters": {"step": self.step, "stage": self.stage, "stage_step": self.stage_step,
                          "stages_done": self.stages_done,
-                         "losses": list(self.losses), "tokens": self.tokens, "train_seconds": self.train_seconds},
+                         "losses": list(self.losses), "method_losses": list(self.method_losses),
+                         "held_entries": self.held_entries,
+                         "tokens": self.tokens, "train_seconds": self.train_seconds},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None and self.stage is not None else None,
             "stream": self.stream.state_dict() if self.stream is not None and self.stage is not None else None,
@@ -240,6 +265,8 @@ class Trainer:
         counters = state["counters"]
         self.step, self.stage, self.stage_step = counters["step"], counters["stage"], counters["stage_step"]
         self.losses, self.tokens = list(counters["losses"]), counters["tokens"]
+        self.method_losses = list(counters.get("method_losses", []))
+        self.held_entries = counters.get("held_entries", 0)
         self.train_seconds = counters["train_seconds"]
         self.stages_done = counters.get("stages_done", -1)  # -1: a checkpoint of an earlier version
         self.model.load_state_dict(state["model"])
@@ -287,7 +314,15 @@ class Trainer:
                       else dict(self.checkpointer.stats, every=self.checkpointer.every))
         return {"summary": self.summary(), "precision": self.precision.describe(), "checkpoint": checkpoint,
                 "observers": {o.name: o.summary() for o in self.observers if o.summary() is not None},
-                "method_stats": self.method.stats(), "workers": self.sharding.workers}
+                "method_stats": self.method.stats(), "budget": self.budget(), "workers": self.sharding.workers}
+
+    def budget(self) -> dict[str, float | None]:
+        """What the method spent, for a comparison at a matched budget: the mean share of trainable
+        entries a step updated (those not declared in ``Method.held_fixed``) and the trainable count
+        (the run adds the planned state bytes per parameter, ``bench.run.execution``)."""
+        held = float(self.sharding.sum(torch.tensor(float(self.held_entries), dtype=torch.float64, device=self.on)))
+        steps = self.step * self.trainable
+        return {"updated_share": None if not steps else 1.0 - held / steps, "trainable": self.trainable}
 
     def summary(self) -> dict[str, Any]:
         """Loss curve summary and throughput for result.json."""
@@ -296,6 +331,7 @@ class Trainer:
         return {"steps": self.step, "loss_first": self.losses[0] if n else None,
                 "loss_last": self.losses[-1] if n else None, "loss_min": min(self.losses) if n else None,
                 "loss_last_10pct_mean": sum(tail) / len(tail) if tail else None,
+                "method_loss_last": self.method_losses[-1] if self.method_losses else None,
                 "tokens": self.tokens, "train_s": self.train_seconds,
                 "tokens_per_s": self.tokens / self.train_seconds if self.train_seconds else None}
 

@@ -40,6 +40,7 @@ from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
 from bench.files import atomic_write, hold_lock
 from bench.run import results as res
+from bench.run.memory_plan import state_per_parameter
 from bench.run.regimes import regime_plan, stages
 from bench.suite.evaluate import evaluate
 from bench.suite.judge import build_judge
@@ -173,7 +174,7 @@ def all_tasks_data(config: RunConfig, features: dict[str, list[Feature]], pad_id
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
                   data: StageData, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
                   listeners: list[Callable[[dict[str, Any]], None]], sharding: Sharding) -> Trainer:
-    observers = [LostUpdateSentinel(config.seed), *analysis.build(dataclasses.asdict(config.analysis), data)]
+    observers = [LostUpdateSentinel(config.seed, held_fixed=method.held_fixed), *analysis.build(dataclasses.asdict(config.analysis), data)]
     trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir,
                       progress=progress and sharding.writes, checkpointer=checkpointer, observers=observers,
                       listeners=listeners, sharding=sharding)
@@ -328,6 +329,8 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
         train = train_info(trainer, method, time.perf_counter() - start, sharding.workers)
         timing["train_s"] = train.summary.get("train_s") or 0.0
         train.timing = {k: round(v, 3) for k, v in timing.items()}
+        if trainer is not None:
+            train.budget["state_bytes_per_param"] = state_per_parameter(config)
         run.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         result = Result(run=run, evaluation=evaluation, train=train, provenance=provenance)
         if run.status != "running" and sharding.writes:  # Ctrl-C leaves no result: the run is simply missing

@@ -168,6 +168,16 @@ def adapted_meta_model(config: RunConfig, shape: dict[str, Any],
     return method.prepare(method.adapt(meta_model(shape, precision.param_dtype))), method
 
 
+def state_per_parameter(config: RunConfig) -> float | None:
+    """The method's planned state (``Method.planned_state_bytes``) in bytes per parameter of the
+    whole model, for result.json's budget; None when the backbone's shape is unknown offline."""
+    shape = shape_of(config.backbone.name)
+    if shape is None:
+        return None
+    model, method = adapted_meta_model(config, shape, Precision.from_config(config.train.precision, device()))
+    return method.planned_state_bytes() / sum(p.numel() for p in model.parameters())
+
+
 def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None = None) -> Plan | None:
     """The plan of one cell per accelerator, on ``workers`` GPUs (default ``train.workers``);
     None when the backbone's shape is unknown offline."""
