@@ -18,7 +18,8 @@ Row = tuple[list[int], list[int]]  # one tokenized training row: (input_ids, lab
 class StageData(Protocol):
     """What a method may see of a regime stage's training data (no paths, no run config).
 
-    ``rows`` are the stage's tokenized rows (a data method keeps some, e.g. replay), ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
+    ``rows`` are the stage's tokenized rows (a data method keeps some, e.g. replay);
+    ``batches(n, task)`` yields ``n`` ready-to-use batches of the stage's training mix (or of one
     task of it), ``loss(model, batch)`` is the exact loss the training loop optimizes (under the
     run's precision policy), ``optimizer(params, lr)`` the run's optimizer (its rounding too)
     for a method's own short fine-tunes (probes), without weight decay.

@@ -26,8 +26,8 @@ from torch import nn
 from methods.collectives import local
 from methods.selection import hits, jaccard, select_top_fraction
 
-__all__ = ["IsolatedSet", "clear_moments", "eligible_parameters", "held_at", "held_count", "held_mask", "hits",
-           "indices_to_mask", "jaccard", "select_top_fraction"]
+__all__ = ["IsolatedSet", "clear_moments", "eligible_parameters", "hits", "indices_to_mask", "jaccard",
+           "select_top_fraction"]
 
 
 def eligible_parameters(model: nn.Module, patterns: Sequence[str] = ()) -> dict[str, nn.Parameter]:
@@ -51,34 +51,6 @@ def indices_to_mask(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(like.numel(), dtype=torch.bool, device=like.device)
     mask[index.long()] = True
     return mask.view_as(like)
-
-
-def held_mask(held: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``Method.held_fixed`` value (bool mask, 0-d bool, or sorted flat indices) as a bool
-    mask of this rank's block of ``like``."""
-    block = local(like)
-    if held.dtype == torch.bool:
-        return held.expand(block.shape) if held.dim() == 0 else held.view(block.shape)
-    return indices_to_mask(held, block)
-
-
-def held_count(held: torch.Tensor, like: torch.Tensor) -> int:
-    """How many entries of this rank's block of ``like`` a ``held_fixed`` value holds."""
-    if held.dtype != torch.bool:
-        return held.numel()
-    return local(like).numel() * bool(held) if held.dim() == 0 else int(held.sum())
-
-
-def held_at(held: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Bool per flat local ``index``: does the ``held_fixed`` value hold that entry? (Sorted
-    indices are searched, so no mask of the whole block is built.)"""
-    if held.dtype == torch.bool:
-        return held.expand(index.shape) if held.dim() == 0 else held.reshape(-1)[index]
-    if not held.numel():
-        return torch.zeros(index.shape, dtype=torch.bool, device=index.device)
-    sorted_held = held.long()
-    position = torch.searchsorted(sorted_held, index.long()).clamp_(max=sorted_held.numel() - 1)
-    return sorted_held[position] == index
 
 
 def clear_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor,

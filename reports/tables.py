@@ -230,6 +230,7 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
         finals = [final_scores(r) for r in ok]
         values: list[list[float] | None] = [[f[t] for f in finals if t in f] or None for t in tasks]
         values.append(list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None)
+        values += [budget_values(ok, "updated_share", 100.0), budget_values(ok, "state_bytes_per_param")]
         rows.append(([backbone, method, runs_label(group)], values))
     scorers = {t: sorted({str(r.data.evaluation.scorers.get(t)) for r in runs if r.regime == regime and r.ok
                           and r.data.evaluation.scorers.get(t)}) for t in tasks}
@@ -238,11 +239,20 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
     note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
             "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
             "best = best method mean for that backbone and task. runs = successful/expected "
-            "(failed and missing runs are listed, never averaged in)." + (f" Scorers: {used}." if used else "")
+            "(failed and missing runs are listed, never averaged in). Budget: upd. % = mean share of trainable "
+            "entries a step updated (those the method did not hold fixed); state B/param = the method's own "
+            "state in bytes per model parameter (beyond weights, gradients and optimizer moments)."
+            + (f" Scorers: {used}." if used else "")
             + "".join(f" {t}: no judge reply could be parsed in {', '.join(ids)}, so it has no score there (—)."
                       for t, ids in unjudged.items()))
-    return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm."], rows,
-                 [True] * (len(tasks) + 1), note)
+    return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm.", "upd. %", "state B/param"],
+                 rows, [True] * (len(tasks) + 1) + [None, None], note)
+
+
+def budget_values(runs: Sequence[Run], key: str, scale: float = 1.0) -> list[float] | None:
+    """One budget figure (result.json ``train.budget``) per run that recorded it."""
+    values = [scale * float(v) for r in runs if (v := r.data.train.budget.get(key)) is not None]
+    return values or None
 
 
 def base_scores(run: Run, tasks: Sequence[str]) -> list[float | None]:

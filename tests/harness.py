@@ -31,7 +31,7 @@ from bench.engine.precision import Precision
 from bench.engine.train import Trainer
 from bench.run import regimes
 from bench.suite.tasks import TASKS
-from methods.masks import held_mask
+from methods.held import held_mask
 
 CPU = torch.device("cpu")
 # Options that make every isolation method isolate something within a few steps.

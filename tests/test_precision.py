@@ -13,7 +13,6 @@ import methods
 from bench.config import ConfigError, RunConfig, TrainConfig, from_dict
 from bench.engine.precision import POLICIES
 from bench.run.memory_plan import plan_cell
-from methods.base import tensor_bytes
 from tests.harness import FAST, Harness, contract_run, contract_violations
 
 BF16 = [p for p in POLICIES if p != "fp32"]
@@ -59,17 +58,18 @@ def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
         assert plan.method == h.check.peak
 
 
-def sentinel_fraction(precision: str) -> float:
+def sentinel_fraction(precision: str, method: str = "full_sft", declared: bool = True) -> float:
     from bench.engine.sentinel import LostUpdateSentinel
 
-    sentinel = LostUpdateSentinel(seed=0)
-    h = Harness("full_sft", precision=precision, lr=2e-5, weight_decay=0.0)
+    h = Harness(method, precision=precision, lr=2e-5, weight_decay=0.0)
+    sentinel = LostUpdateSentinel(seed=0, held_fixed=h.method.held_fixed if declared else dict)
     h.trainer.observers.append(sentinel)
     sentinel.on_stage_start(h.trainer.context())
     h.steps(5)
     h.trainer.end_stage()
     (record,) = sentinel.summary()
-    assert record["with_gradient"] > 0.9 * record["sampled"]
+    # full SFT: nearly every entry has a gradient; MoFO: the top 10% of each step's, 5 steps
+    assert record["with_gradient"] > (0.9 if method == "full_sft" else 0.1) * record["sampled"]
     return record["fraction"]
 
 
@@ -77,6 +77,15 @@ def test_lost_update_sentinel_is_high_under_bf16_pure_and_low_under_fp32():
     assert sentinel_fraction("fp32") < 0.001
     assert sentinel_fraction("bf16-mixed") < 0.001
     assert sentinel_fraction("bf16-pure") > 0.3
+
+
+def test_the_sentinel_does_not_count_entries_a_method_holds_on_purpose():
+    """MoFO keeps the gradients of the entries it holds: told what it holds (``held_fixed``), the
+    sentinel sees an fp32 run lose nothing and still sees bf16-pure's loss; not told, it would
+    count MoFO's held entries as lost updates."""
+    assert sentinel_fraction("fp32", "mofo") < 0.001
+    assert sentinel_fraction("bf16-pure", "mofo") > 0.3
+    assert sentinel_fraction("fp32", "mofo", declared=False) > 0.3
 
 
 def test_activation_checkpointing_gives_the_same_losses():

@@ -21,8 +21,11 @@ from reports.metrics import (
     paired_test,
 )
 from reports.report import report
+from reports.schema import upgrade_v1
 
 GOLDEN = Path(__file__).parent / "golden"
+BUDGETS = {"full_sft": {"updated_share": 1.0, "state_bytes_per_param": 0.0},
+           "epi": {"updated_share": 0.9875, "state_bytes_per_param": 4.125}}
 TASKS = ["a", "b", "c"]
 
 
@@ -73,8 +76,10 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
               "chance": {"a": 0.0, "b": 25.0, "c": 0.0},
               "base": {t: {"score": 10.0, "nll": 2.0} for t in TASKS} if seed == 0 else {},
               "error": None if status == "success" else {"type": "NonFiniteLoss", "message": "nan", "step": 3}}
+    written = upgrade_v1(result)  # the current schema, with the budget a run records
+    written["train"]["budget"] = BUDGETS[method]
     (study / run_id).mkdir(parents=True)
-    (study / run_id / "result.json").write_text(json.dumps(result))
+    (study / run_id / "result.json").write_text(json.dumps(written))
     if method == "epi" and status == "success":
         (study / run_id / "events").mkdir()
         (study / run_id / "events" / "method.jsonl").write_text("".join(json.dumps(
@@ -122,13 +127,9 @@ def test_report_imports_neither_torch_nor_ray(study):
 
 def test_report_flags_a_run_with_lost_updates(study):
     path = study / "full_sft-s0" / "result.json"
-    data = json.loads(path.read_text())
-    data["schema_version"] = 1
-    data["train"] = {"steps": 3}
-    path.write_text(json.dumps(data))
-    from reports.schema import read_result_file, upgrade_v1
+    v2 = json.loads(path.read_text())  # the fixture writes the current schema
+    from reports.schema import read_result_file
 
-    v2 = upgrade_v1(data)
     v2["train"]["observers"] = {"lost_update": [{"stage": 1, "fraction": 0.7}]}
     v2["train"]["precision"] = {"policy": "bf16-pure"}
     path.write_text(json.dumps(v2))

@@ -174,7 +174,8 @@ def all_tasks_data(config: RunConfig, features: dict[str, list[Feature]], pad_id
 def build_trainer(config: RunConfig, precision: Precision, method: methods.Method, model: torch.nn.Module,
                   data: StageData, progress: bool, checkpointer: Checkpointer, saved: dict[str, Any] | None,
                   listeners: list[Callable[[dict[str, Any]], None]], sharding: Sharding) -> Trainer:
-    observers = [LostUpdateSentinel(config.seed, held_fixed=method.held_fixed), *analysis.build(dataclasses.asdict(config.analysis), data)]
+    observers = [LostUpdateSentinel(config.seed, held_fixed=method.held_fixed),
+                 *analysis.build(dataclasses.asdict(config.analysis), data)]
     trainer = Trainer(model, method, config.train, data.pad_id, precision, run_dir=config.run_dir,
                       progress=progress and sharding.writes, checkpointer=checkpointer, observers=observers,
                       listeners=listeners, sharding=sharding)
