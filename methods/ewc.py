@@ -1,12 +1,11 @@
 """EWC, elastic weight consolidation (Kirkpatrick et al., 2017), in its online form (Schwarz et
 al., 2018, "Progress & Compress"): after every stage, a diagonal Fisher estimate ``F_k`` is taken
 on that stage's data at the weights the stage ended with, and accumulated as
-``F <- gamma * F + F_k``; the anchor becomes those weights. Every later step adds
+``F <- gamma * F + F_k``; the anchor becomes those weights, and every later step adds the
+penalty ``lambda_ / 2 * sum_i F_i * (theta_i - anchor_i)^2`` to the loss.
 
-    lambda_ / 2 * sum_i F_i * (theta_i - anchor_i)^2
-
-to the loss, through the ``loss`` hook (logged as ``method_loss``). Before the first stage ends
-there is no penalty.
+The penalty goes through the ``loss`` hook (logged as ``method_loss``, beside the task loss).
+Before the first stage ends there is no penalty.
 
 Our choices, not the papers': the Fisher is the empirical one, the mean of squared gradients of
 the loop's own loss over ``fisher_batches`` batches of the stage's mix (batch gradients, not

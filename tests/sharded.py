@@ -87,4 +87,5 @@ def trace(method: str, options: dict[str, Any], steps: int, grad_accum: int, sta
         record_mask()
     weights = {n: whole(local(p).detach(), p) for n, p in h.model.named_parameters()}
     return {"losses": losses, "masks": masks, "changed": changed, "weights": weights,
+            "method_losses": list(h.trainer.method_losses),
             "isolated_steps": sum(1 for m in masks if any(x.any() for x in m.values()))}

@@ -138,6 +138,8 @@ def test_two_workers_match_one_process(name: str, runs: tuple[dict[str, Any], li
     for rank, sharded in enumerate(ranks):
         b = sharded["traces"][name]
         assert b["losses"] == pytest.approx(a["losses"], abs=1e-5), f"rank {rank}"
+        # a method's loss term (Method.loss): the ranks' parts add up to the one-process term
+        assert b["method_losses"] == pytest.approx(a["method_losses"], rel=1e-4, abs=1e-7), f"rank {rank}"
         assert b["changed"] == [], f"rank {rank}: isolated entries changed: {b['changed'][:3]}"
         assert len(b["masks"]) == len(a["masks"])
         for i, (ma, mb) in enumerate(zip(a["masks"], b["masks"])):
@@ -147,6 +149,8 @@ def test_two_workers_match_one_process(name: str, runs: tuple[dict[str, Any], li
             torch.testing.assert_close(b["weights"][n], w, atol=1e-5, rtol=1e-4, msg=f"rank {rank}: {n}")
     if methods.get(name).isolates:
         assert any(m.any() for mask in a["masks"] for m in mask.values()), f"{name} isolated nothing: vacuous"
+    if methods.get(name).loss is not methods.Method.loss:
+        assert a["method_losses"] and a["method_losses"][-1] > 0, f"{name}: its loss term never counted: vacuous"
 
 
 def test_a_worker_refuses_a_process_group_of_another_size() -> None:
