@@ -4,7 +4,11 @@
   regime, stage, trained_on, task, score, nll, scorer, chance, and every method option as
   ``option.<name>``;
 - ``runs.<fmt>``: one row per run: identity, status, error type, train stats (steps, loss,
-  tokens/s, wall time, peak memory), precision, resumes, git commit and dirty flag.
+  tokens/s, wall time, peak memory), precision, resumes, git commit and dirty flag, the budget
+  (updated share, state bytes per parameter) and the retention NLL before and after training;
+- ``items.<fmt>``: one row per run x evaluation (``base`` or the stage) x task x test item:
+  identity, evaluation, task, item id, the item's score (0-100) and its gold-answer NLL, from
+  each run's ``evaluation/items.jsonl``, for computing other per-item measures.
 Formats: ``csv`` and ``jsonl`` (standard library), ``parquet`` (needs pandas and pyarrow).
 Only successful runs have score rows; every run has a ``runs`` row.
 """
@@ -55,7 +59,23 @@ def run_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
                      "precision": res.train.precision.get("policy") if res is not None else None,
                      "resumes": len(res.run.resumed_from) if res is not None else None,
                      "git_commit": res.provenance.git_commit if res is not None else None,
-                     "git_dirty": res.provenance.git_dirty if res is not None else None})
+                     "git_dirty": res.provenance.git_dirty if res is not None else None,
+                     "updated_share": res.train.budget.get("updated_share") if res is not None else None,
+                     "state_bytes_per_param": res.train.budget.get("state_bytes_per_param") if res is not None else None,
+                     "retention_base": res.evaluation.retention_base if res is not None else None,
+                     "retention_final": (res.evaluation.stages[-1].retention
+                                         if res is not None and res.evaluation.stages else None)})
+    return rows
+
+
+def item_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        for rec in r.items:
+            for item, score, nll in zip(rec.ids, rec.scores, rec.nll):
+                rows.append({"run_id": r.run_id, "method": r.method, "variant": r.variant, "seed": r.seed,
+                             "backbone": r.backbone, "regime": r.regime, "evaluation": str(rec.evaluation),
+                             "task": rec.task, "item": item, "score": score, "nll": nll})
     return rows
 
 
@@ -77,13 +97,14 @@ def write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
 
 
 def export(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``scores.<fmt>`` and ``runs.<fmt>`` (default into ``<study>/export/``)."""
+    """Write ``scores.<fmt>``, ``runs.<fmt>`` and ``items.<fmt>`` (default into ``<study>/export/``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     runs = [r for r in load_study(study_dir) if r.status != "stale"]
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"scores.{fmt}", out / f"runs.{fmt}"]
+    paths = [out / f"scores.{fmt}", out / f"runs.{fmt}", out / f"items.{fmt}"]
     write_rows(score_rows(runs), paths[0], fmt)
     write_rows(run_rows(runs), paths[1], fmt)
+    write_rows(item_rows(runs), paths[2], fmt)
     return paths

@@ -62,7 +62,7 @@ def problems(runs: Sequence[Run]) -> list[list[str]]:
     return out
 
 
-def page(study: str, runs: Sequence[Run], tables: Sequence[Table], significance_md: str, plots: Sequence[Path],
+def page(study: str, runs: Sequence[Run], tables: Sequence[Table], significance_html: str, plots: Sequence[Path],
          summary: str) -> str:
     """The whole page as one string (images embedded)."""
     def grid(rows: list[list[str]], headers: list[str]) -> str:
@@ -75,7 +75,7 @@ def page(study: str, runs: Sequence[Run], tables: Sequence[Table], significance_
              "<h2>Configuration</h2>", grid(config_summary(runs), ["key", "values in this study"])]
     for table in tables:
         parts += [f"<h2>{html.escape(table.name)}</h2>", table.html()]
-    parts += ["<h2>Significance</h2>", f"<pre>{html.escape(significance_md)}</pre>", "<h2>Plots</h2><div class=plots>"]
+    parts += ["<h2>Significance</h2>", significance_html, "<h2>Plots</h2><div class=plots>"]
     for path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"

@@ -1,7 +1,7 @@
 """Read a study folder: every ``<run_id>/result.json`` (through ``reports.schema``, the one
 loader), the grid manifest (``grid.json``, the cells that should exist) and each run's events
-(``events/<source>.jsonl``; reports pick events by their ``kind``). Nothing here imports torch
-or ray."""
+(``events/<source>.jsonl``; reports pick events by their ``kind``) and its per-item records
+(``evaluation/items.jsonl``). Nothing here imports torch or ray."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reports.schema import Result, ResultError, read_result_file
+from reports.schema import ItemRecord, Result, ResultError, read_items, read_result_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Run:
     config: dict[str, Any] | None = None  # the resolved config (from the result, else the manifest)
     variant: str = ""  # what sets this run's config apart from others of its method (set by load_study)
     variant_values: dict[str, Any] = dataclasses.field(default_factory=dict)  # the differing keys and their values
+    items: list[ItemRecord] = dataclasses.field(default_factory=list)  # per-item records (evaluation/items.jsonl)
 
     @property
     def data(self) -> Result:
@@ -159,9 +160,13 @@ def load_study(study_dir: str | Path) -> list[Run]:
             events = _read_events(path.parent)
         except DamagedLog as e:
             problem, events = str(e), []
+        try:
+            items = read_items(path.parent)
+        except ResultError as e:
+            problem, items = str(e), []
         runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed,
                                 "corrupt" if problem else info.status, None if problem else r,
-                                events, problem, info.config)
+                                events, problem, info.config, items=items)
     data = read_manifest(study_dir)
     grids = data.get("grids")
     expected = {i for ids in grids.values() for i in ids} if grids else None

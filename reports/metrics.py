@@ -28,6 +28,22 @@ def normalized_score(score: float, chance: float, best: float) -> float | None:
     return 100.0 * (score - chance) / (best - chance)
 
 
+# Avg. Norm. leaves a task out for a backbone when the best method's mean final score is within
+# this many item-level standard errors of chance (``normalizable``).
+FLOOR_SE = 2.0
+
+
+def normalizable(best: float, chance: float, best_error: float | None) -> bool:
+    """Whether ``normalized_score`` is meaningful for a task: its denominator ``best - chance``
+    must exceed ``FLOOR_SE`` item-level standard errors of the best mean (``best_error``; without
+    per-item records, any positive margin). When the best method is within noise of chance the
+    denominator is noise too, and a score divided by it can land anywhere (a smoke study printed
+    ``83.3 ± 117.9``); such a task is left out of Avg. Norm. for that backbone and the table's
+    footnote says so, rather than clipping or shrinking the score, which would hide the problem."""
+    margin = best - chance
+    return margin > 1e-12 and (best_error is None or margin > FLOOR_SE * best_error)
+
+
 def average_normalized(scores: dict[str, float], chance: dict[str, float], best: dict[str, float]) -> float | None:
     """Avg. Norm.: mean of ``normalized_score`` over tasks where it is defined (None if none)."""
     values = [normalized_score(scores[t], chance[t], best[t]) for t in scores]

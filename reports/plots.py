@@ -23,7 +23,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata=PNG_META)
     plt.close(fig)
@@ -70,7 +70,7 @@ def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         name = "_".join(slug(x) for x in (regime, backbone, method) + ((variant,) if variant else ())
                         + ((source,) if source != "method" else ()))
-        paths.append(_save(fig, out / f"drift_{name}.png"))
+        paths.append(save_figure(fig, out / f"drift_{name}.png"))
     return paths
 
 
@@ -92,7 +92,7 @@ def score_bars(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
         ax.set(ylabel="final score", title=f"{backbone}, {regime}")
         ax.legend(fontsize=7)
-        paths.append(_save(fig, out / f"scores_{slug(regime)}_{slug(backbone)}.png"))
+        paths.append(save_figure(fig, out / f"scores_{slug(regime)}_{slug(backbone)}.png"))
     return paths
 
 
@@ -121,4 +121,4 @@ def heatmap(ok: Sequence[Run], tasks: Sequence[str], label: str, backbone: str, 
     ax.set_yticks(range(len(tasks)), [f"after {t}" for t in tasks])
     ax.set_title(f"{label} ({backbone}), n={len(ok)}", fontsize=8 if len(label) > 20 else 10)
     fig.colorbar(im, ax=ax)
-    return _save(fig, out / f"heatmap_{slug(backbone)}_{slug(label.replace(' (', '_').rstrip(')'))}.png")
+    return save_figure(fig, out / f"heatmap_{slug(backbone)}_{slug(label.replace(' (', '_').rstrip(')'))}.png")

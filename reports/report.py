@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reports.analysis_tables import conflict_table, drift_table
+from reports.flips import flips_plot, flips_table
 from reports.html import page
 from reports.load import Run, load_study, method_order
 from reports.metrics import LOST_UPDATE_THRESHOLD
@@ -129,6 +130,9 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     tables = [main_table(runs, regime, row_methods, task_order) for regime in regimes]
     tables += [forgetting_table(runs, row_methods, task_order, regime) for regime in regimes
                if regime in ("sequential", "multistage")]
+    flip_tables = [t for regime in regimes if regime in ("sequential", "multistage")
+                   if (t := flips_table(runs, regime, row_methods, task_order)) is not None]
+    tables += flip_tables
     extra = [make(runs, regime, row_methods) for regime in regimes for make in (drift_table, conflict_table)]
     extra += [sensitivity_table(runs, regime, row_methods, task_order) for regime in regimes]
     tables += [t for t in extra if t is not None]
@@ -138,11 +142,12 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
         write(out / f"{table.name}.csv", table.csv())
         shown.append(f"## {table.name}\n\n{table.markdown()}")
     significance = significance_table(runs, row_methods, task_order)
-    for ext, text in significance.items():
-        write(out / f"significance.{ext}", text)
+    for ext in ("md", "tex", "csv"):
+        write(out / f"significance.{ext}", significance[ext])
     plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
         heatmaps(runs, row_methods, task_order, out) + \
-        [p for regime in regimes for p in sensitivity_plots(runs, regime, row_methods, task_order, out)]
+        [p for regime in regimes for p in sensitivity_plots(runs, regime, row_methods, task_order, out)] + \
+        [flips_plot(t, out) for t in flip_tables]
     counted = [r for r in runs if r.status != "stale"]
     failed = [r for r in counted if r.status == "failed"]
     other = [r for r in counted if r.status not in ("success", "failed")]
@@ -153,6 +158,6 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
               + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in other)
               + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else "")
               + "".join(f"\n  lost updates: {line}" for line in lossy))
-    write(out / "report.html", page(study, runs, tables, significance["md"], plots, status))
+    write(out / "report.html", page(study, runs, tables, significance["html"], plots, status))
     return ("\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables, {len(plots)} plots and report.html "
             f"to {out}")

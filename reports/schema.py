@@ -66,6 +66,7 @@ class StageResult:
     nll: dict[str, float | None]
     steps_done: int | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retention: float | None = None  # mean per-token NLL on held-out general text (eval.retention)
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ class Evaluation:
     scorers: dict[str, str] = dataclasses.field(default_factory=dict)
     data_rows: dict[str, Any] = dataclasses.field(default_factory=dict)
     plan: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage groups and how they were made
+    retention_base: float | None = None  # the base model's retention NLL (eval.retention)
 
 
 @dataclasses.dataclass
@@ -160,6 +162,49 @@ def _build(tp: Any, value: Any, key: str) -> Any:
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ValueError(f"{key!r} must be {tp.__name__}, got {value!r}")
     return value
+
+
+ITEMS = Path("evaluation") / "items.jsonl"  # a run folder's per-item records
+
+
+@dataclasses.dataclass
+class ItemRecord:
+    """One task's test items at one evaluation of a run (``evaluation``: ``"base"`` or the stage
+    index): item ids, their scores on the task's scale (0-100 per item: 0 or 100 for exact match
+    and accuracy, ROUGE-L x 100 for open-ended tasks) and the gold answers' NLL (None when
+    ``eval.nll`` is off)."""
+
+    evaluation: str | int
+    task: str
+    ids: list[int]
+    scores: list[float]
+    nll: list[float | None]
+
+
+def items_to_jsonl(records: list[ItemRecord]) -> str:
+    """One compact JSON line per record."""
+    return "".join(json.dumps(dataclasses.asdict(r), separators=(",", ":")) + "\n" for r in records)
+
+
+def read_items(run_dir: Path) -> list[ItemRecord]:
+    """A run's per-item records (``evaluation/items.jsonl``), empty when it has none;
+    ``ResultError`` names the file and line when one is malformed."""
+    path = Path(run_dir) / ITEMS
+    if not path.is_file():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            record = _build(ItemRecord, d, "item record")
+        except (ValueError, TypeError) as e:
+            raise ResultError(f"{path}:{number}: {e}") from None
+        if not len(record.ids) == len(record.scores) == len(record.nll):
+            raise ResultError(f"{path}:{number}: ids, scores and nll differ in length")
+        out.append(record)
+    return out
 
 
 def upgrade_v1(d: dict[str, Any]) -> dict[str, Any]:

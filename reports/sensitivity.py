@@ -20,8 +20,9 @@ from reports.metrics import average_forgetting, mean_std, own_stages  # noqa: E4
 from reports.tables import (  # noqa: E402
     Table,
     avg_norm_by_seed,
-    best_per_task,
     complete_matrix,
+    kept_tasks,
+    normalizers,
     row_groups,
     runs_label,
     score_matrix,
@@ -61,12 +62,13 @@ def sensitivity_table(runs: Sequence[Run], regime: str, methods: Sequence[str], 
     rows_of = swept(runs, regime, methods)
     if not rows_of:
         return None
-    best = best_per_task(row_groups(runs, regime, methods), tasks)
+    best, dropped = normalizers(runs, row_groups(runs, regime, methods), tasks)
     keys = sorted({k for _, _, g in rows_of for k in g[0].variant_values})
     rows = []
     for backbone, method, group in rows_of:
         labels = [backbone, method, *(json.dumps(group[0].variant_values.get(k)) for k in keys), runs_label(group)]
-        rows.append((labels, [list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None,
+        kept = kept_tasks(tasks, dropped.get(backbone, {}))
+        rows.append((labels, [list(avg_norm_by_seed(group, kept, best.get(backbone, {})).values()) or None,
                               forgetting_by_seed(group, tasks) or None]))
     note = ("Sensitivity to the swept config keys: one row per variant (never pooled as seeds), mean ± std over "
             "seeds. Avg. Norm. as in the main table; Avg. F as in the forgetting table (sequential and "
@@ -79,7 +81,7 @@ def sensitivity_plots(runs: Sequence[Run], regime: str, methods: Sequence[str], 
                       out: Path) -> list[Path]:
     """Per (backbone, method, swept numeric key): Avg. Norm. and Avg. F against the key's value."""
     rows_of = swept(runs, regime, methods)
-    best = best_per_task(row_groups(runs, regime, methods), tasks)
+    best, dropped = normalizers(runs, row_groups(runs, regime, methods), tasks)
     paths = []
     for backbone, method in sorted({(b, m) for b, m, _ in rows_of}):
         variants = [g for b, m, g in rows_of if (b, m) == (backbone, method)]
@@ -94,7 +96,8 @@ def sensitivity_plots(runs: Sequence[Run], regime: str, methods: Sequence[str], 
             fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
             for (label, points), color in zip(lines.items(), (f"C{i}" for i in range(99))):
                 points.sort(key=lambda p: p[0])
-                for ax, values in zip(axes, ([list(avg_norm_by_seed(g, tasks, best.get(backbone, {})).values())
+                kept = kept_tasks(tasks, dropped.get(backbone, {}))
+                for ax, values in zip(axes, ([list(avg_norm_by_seed(g, kept, best.get(backbone, {})).values())
                                               for _, g in points], [forgetting_by_seed(g, tasks) for _, g in points])):
                     stats = [mean_std(v) for v in values]
                     xs = [x for (x, _), s in zip(points, stats) if s[0] is not None]

@@ -14,6 +14,7 @@ from typing import Any
 
 from tabulate import _table_formats, tabulate
 
+from reports.items import final_error
 from reports.load import Run
 from reports.metrics import (
     average_forgetting,
@@ -22,6 +23,7 @@ from reports.metrics import (
     forgetting,
     learning,
     mean_std,
+    normalizable,
     own_stages,
     paired_test,
 )
@@ -56,6 +58,10 @@ class Table:
     higher_is_better: Sequence[bool | None]  # None: a measurement, not a score (nothing in bold)
     footnote: str = ""
     decimals: int = 1  # scores in points: 1; Jaccard, cosines and correlations: 2
+    # per row and column, the item-level standard error of the cell's mean (None: not known);
+    # printed in parentheses after the seed spread, and as ``<column>_se`` in the CSV
+    errors: list[list[float | None]] | None = None
+    column_decimals: dict[int, int] = dataclasses.field(default_factory=dict)  # columns with other decimals (nats)
 
     def best(self) -> list[float | None]:
         out: list[float | None] = []
@@ -67,7 +73,7 @@ class Table:
     def formatted(self, fmt: str) -> list[list[str]]:
         best = self.best()
         body = []
-        for labels, values in self.rows:
+        for i, (labels, values) in enumerate(self.rows):
             cells = []
             for j, v in enumerate(values):
                 mean, std, _ = mean_std(v or [])
@@ -75,7 +81,11 @@ class Table:
                     cells.append("—" if fmt != "latex" else "--")
                     continue
                 pm = " ± " if fmt != "latex" else r" $\pm$ "
-                text = number(mean, self.decimals) + (f"{pm}{number(std, self.decimals)}" if std is not None else "")
+                d = self.column_decimals.get(j, self.decimals)
+                text = number(mean, d) + (f"{pm}{number(std, d)}" if std is not None else "")
+                se = self.errors[i][j] if self.errors is not None else None
+                if se is not None:
+                    text += f" ({number(se, d)})"
                 top = best[j]
                 bold = top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
                 if bold:
@@ -106,13 +116,16 @@ class Table:
     def csv(self) -> str:
         out = io.StringIO()
         w = csv.writer(out, lineterminator="\n")
-        w.writerow([*self.labels, *itertools.chain.from_iterable((f"{c}_mean", f"{c}_std", f"{c}_n")
-                                                                  for c in self.columns)])
-        for labels, values in self.rows:
+        parts = ("mean", "std", "n", "se") if self.errors is not None else ("mean", "std", "n")
+        w.writerow([*self.labels, *itertools.chain.from_iterable([f"{c}_{x}" for x in parts] for c in self.columns)])
+        for i, (labels, values) in enumerate(self.rows):
             cells = []
-            for v in values:
+            for j, v in enumerate(values):
                 mean, std, n = mean_std(v or [])
                 cells += ["" if mean is None else f"{mean:.4f}", "" if std is None else f"{std:.4f}", n]
+                if self.errors is not None:
+                    se = self.errors[i][j]
+                    cells.append("" if se is None else f"{se:.4f}")
             w.writerow([*labels, *cells])
         return out.getvalue()
 
@@ -186,15 +199,44 @@ def runs_label(group: Sequence[Run]) -> str:
 
 def best_per_task(groups: Sequence[tuple[str, str, list[Run]]], tasks: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per backbone, the best mean final score over methods of each task (the normalizer)."""
-    best: dict[str, dict[str, float]] = {}
+    return {b: {t: v for t, (v, _) in by_task.items()} for b, by_task in best_rows(groups, tasks).items()}
+
+
+def best_rows(groups: Sequence[tuple[str, str, list[Run]]],
+              tasks: Sequence[str]) -> dict[str, dict[str, tuple[float, list[Run]]]]:
+    """Per backbone and task, the best mean final score over rows and that row's runs."""
+    best: dict[str, dict[str, tuple[float, list[Run]]]] = {}
     for backbone, _, group in groups:
-        finals = [final_scores(r) for r in group if r.ok]
+        ok = [r for r in group if r.ok]
+        finals = [final_scores(r) for r in ok]
         for t in tasks:
             values = [f[t] for f in finals if t in f]
             if values:
                 mean = sum(values) / len(values)
-                best.setdefault(backbone, {})[t] = max(best.get(backbone, {}).get(t, mean), mean)
+                if t not in best.get(backbone, {}) or mean > best[backbone][t][0]:
+                    best.setdefault(backbone, {})[t] = (mean, [r for r, f in zip(ok, finals) if t in f])
     return best
+
+
+def normalizers(runs: Sequence[Run], groups: Sequence[tuple[str, str, list[Run]]],
+                tasks: Sequence[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """Per backbone, the normalizer of each task (``best_per_task``) and the tasks Avg. Norm.
+    leaves out, with why (``reports.metrics.normalizable``)."""
+    chance = next((r.data.evaluation.chance for r in runs if r.ok), {})
+    best, dropped = {}, {}
+    for backbone, by_task in best_rows(groups, tasks).items():
+        best[backbone] = {t: v for t, (v, _) in by_task.items()}
+        for t, (value, group) in by_task.items():
+            error = final_error(group, t)
+            if not normalizable(value, chance.get(t, 0.0), error):
+                floor = "" if error is None else f" by more than 2 standard errors over items ({2 * error:.1f})"
+                dropped.setdefault(backbone, {})[t] = (f"best mean {value:.1f} is not above chance "
+                                                       f"{chance.get(t, 0.0):.1f}{floor}")
+    return best, dropped
+
+
+def kept_tasks(tasks: Sequence[str], dropped: dict[str, str]) -> list[str]:
+    return [t for t in tasks if t not in dropped]
 
 
 def avg_norm_by_seed(group: Sequence[Run], tasks: Sequence[str], best: dict[str, float]) -> dict[int, float]:
@@ -223,15 +265,17 @@ def unparsed_judge_runs(runs: Sequence[Run], regime: str, tasks: Sequence[str]) 
 
 def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table:
     groups = row_groups(runs, regime, methods)
-    best = best_per_task(groups, tasks)
-    rows = []
+    best, dropped = normalizers(runs, groups, tasks)
+    rows, errors = [], []
     for backbone, method, group in groups:
         ok = [r for r in group if r.ok]
         finals = [final_scores(r) for r in ok]
         values: list[list[float] | None] = [[f[t] for f in finals if t in f] or None for t in tasks]
-        values.append(list(avg_norm_by_seed(group, tasks, best.get(backbone, {})).values()) or None)
+        kept = kept_tasks(tasks, dropped.get(backbone, {}))
+        values.append(list(avg_norm_by_seed(group, kept, best.get(backbone, {})).values()) or None)
         values += [budget_values(ok, "updated_share", 100.0), budget_values(ok, "state_bytes_per_param")]
         rows.append(([backbone, method, runs_label(group)], values))
+        errors.append([final_error([r for r in ok if t in final_scores(r)], t) for t in tasks] + [None] * 3)
     scorers = {t: sorted({str(r.data.evaluation.scorers.get(t)) for r in runs if r.regime == regime and r.ok
                           and r.data.evaluation.scorers.get(t)}) for t in tasks}
     used = "; ".join(f"{t}: {' / '.join(s)}" for t, s in scorers.items() if s)
@@ -239,14 +283,17 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
     note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
             "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
             "best = best method mean for that backbone and task. runs = successful/expected "
-            "(failed and missing runs are listed, never averaged in). Budget: upd. % = mean share of trainable "
+            "(failed and missing runs are listed, never averaged in). (x) after a score = its standard error over "
+            "test items (of the mean over seeds: sqrt(sum of the seeds' squared errors) / seeds)."
+            + "".join(f" Avg. Norm. for {b} leaves out {t}: {why}." for b, by in dropped.items() for t, why in by.items())
+            + " Budget: upd. % = mean share of trainable "
             "entries a step updated (those the method did not hold fixed); state B/param = the method's own "
             "state in bytes per model parameter (beyond weights, gradients and optimizer moments)."
             + (f" Scorers: {used}." if used else "")
             + "".join(f" {t}: no judge reply could be parsed in {', '.join(ids)}, so it has no score there (—)."
                       for t, ids in unjudged.items()))
     return Table(f"main_{regime}", ["backbone", "method", "runs"], [*tasks, "Avg. Norm.", "upd. %", "state B/param"],
-                 rows, [True] * (len(tasks) + 1) + [None, None], note)
+                 rows, [True] * (len(tasks) + 1) + [None, None], note, errors=errors)
 
 
 def budget_values(runs: Sequence[Run], key: str, scale: float = 1.0) -> list[float] | None:
@@ -286,6 +333,7 @@ def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequenc
         per_task = [per_task_forgetting(mats[r.run_id], owns[r.run_id]) for r in ok]
         values: list[list[float] | None] = [[f[j] for f in per_task if j in f] or None for j in forgettable]
         values.append(defined(average_forgetting(mats[r.run_id], owns[r.run_id]) for r in ok))
+        values.append(defined(retention_change(r) for r in ok))
         values.append(defined(backward_transfer(mats[r.run_id], owns[r.run_id]) for r in ok))
         # NLL rises when a task is forgotten: forgetting of -NLL is the NLL rise over its best.
         values.append(defined(average_forgetting([[-x for x in row] for row in score_matrix(r, tasks, "nll")],
@@ -298,19 +346,29 @@ def forgetting_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequenc
     note = (f"{regime.capitalize()} regime; a task's own stage is the stage that trained it. F_task = max over "
             "stages before the last of the task's score − its final score (> 0 = forgotten), for tasks whose own "
             "stage is not the last; Avg. F = their mean; BWT = mean(final − right after its own stage) "
-            "(< 0 = forgetting); Avg. F (NLL) = same on gold-answer NLL in nats (> 0 = NLL rose). "
+            "(< 0 = forgetting); Ret. ΔNLL = general-ability retention: the final model's mean per-token NLL on "
+            "held-out general text (eval.retention) minus the base model's, in nats (> 0 = general ability lost); "
+            "Avg. F (NLL) = Avg. F on gold-answer NLL in nats (> 0 = NLL rose). "
             "L_task = score gained in its own stage (vs the stage before, or the base model for the first "
             "stage): the plasticity that freezing parameters may cost; Avg. L = their mean.")
     return Table("forgetting" if regime == "sequential" else f"forgetting_{regime}", ["backbone", "method", "runs"],
-                 [f"F {tasks[j]}" for j in forgettable] + ["Avg. F", "BWT", "Avg. F (NLL)"]
+                 [f"F {tasks[j]}" for j in forgettable] + ["Avg. F", "Ret. ΔNLL", "BWT", "Avg. F (NLL)"]
                  + [f"L {t}" for t in tasks] + ["Avg. L"], rows,
-                 [False] * len(forgettable) + [False, True, False] + [True] * (len(tasks) + 1), note)
+                 [False] * len(forgettable) + [False, False, True, False] + [True] * (len(tasks) + 1), note,
+                 column_decimals={len(forgettable) + 1: 2})
+
+
+def retention_change(run: Run) -> float | None:
+    """The final model's retention NLL minus the base model's (None when either is missing)."""
+    ev = run.data.evaluation
+    final = ev.stages[-1].retention if ev.stages else None
+    return None if final is None or ev.retention_base is None else final - ev.retention_base
 
 
 def significance_rows(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> list[list[Any]]:
     groups = row_groups(runs, regime, methods)
-    best = best_per_task(groups, tasks)
-    by_key = {(b, m): avg_norm_by_seed(g, tasks, best.get(b, {})) for b, m, g in groups}
+    best, dropped = normalizers(runs, groups, tasks)
+    by_key = {(b, m): avg_norm_by_seed(g, kept_tasks(tasks, dropped.get(b, {})), best.get(b, {})) for b, m, g in groups}
     rows = []
     for (b, m1, _), (b2, m2, _) in itertools.combinations(groups, 2):
         if b != b2:
@@ -328,6 +386,8 @@ def significance_table(runs: Sequence[Run], methods: Sequence[str], tasks: Seque
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([headers, *rows])
     return {"md": tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n" + note,
+            "html": tabulate([[html.escape(str(c)) for c in row] for row in rows], headers=headers,
+                             tablefmt="unsafehtml", disable_numparse=True) + f"<p class=note>{html.escape(note)}</p>",
             "tex": tabulate([[latex_escape(str(c)) for c in row] for row in rows],
                             headers=[latex_escape(h) for h in headers], tablefmt=BOOKTABS_RAW,
                             disable_numparse=True) + "\n",

@@ -24,6 +24,16 @@ from reports.report import report
 from reports.schema import upgrade_v1
 
 GOLDEN = Path(__file__).parent / "golden"
+ITEMS = 20  # test items per task in the fake runs: a score s is s / 5 items right
+RETENTION_RISE = {"full_sft": 0.2, "epi": 0.05}  # retention NLL rise per stage
+
+
+def item_scores(score: float, shift: int) -> list[float]:
+    """Item scores with mean ``score``: ``score / 5`` consecutive items right, starting at ``shift``."""
+    right = {(shift + i) % ITEMS for i in range(round(score / 100 * ITEMS))}
+    return [100.0 if i in right else 0.0 for i in range(ITEMS)]
+
+
 BUDGETS = {"full_sft": {"updated_share": 1.0, "state_bytes_per_param": 0.0},
            "epi": {"updated_share": 0.9875, "state_bytes_per_param": 4.125}}
 TASKS = ["a", "b", "c"]
@@ -76,10 +86,18 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
               "chance": {"a": 0.0, "b": 25.0, "c": 0.0},
               "base": {t: {"score": 10.0, "nll": 2.0} for t in TASKS} if seed == 0 else {},
               "error": None if status == "success" else {"type": "NonFiniteLoss", "message": "nan", "step": 3}}
-    written = upgrade_v1(result)  # the current schema, with the budget a run records
+    written = upgrade_v1(result)  # the current schema, with the budget, retention and item records a run writes
     written["train"]["budget"] = BUDGETS[method]
+    written["evaluation"]["retention_base"] = 3.0
+    for k, stage in enumerate(written["evaluation"]["stages"]):
+        stage["retention"] = 3.0 + RETENTION_RISE[method] * (k + 1) + 0.01 * seed
     (study / run_id).mkdir(parents=True)
     (study / run_id / "result.json").write_text(json.dumps(written))
+    if status == "success":
+        (study / run_id / "evaluation").mkdir()
+        (study / run_id / "evaluation" / "items.jsonl").write_text("".join(
+            json.dumps({"evaluation": k, "task": t, "ids": list(range(ITEMS)), "scores": item_scores(score, k + seed),
+                        "nll": [1.0] * ITEMS}) + "\n" for k, row in enumerate(matrix) for t, score in zip(TASKS, row)))
     if method == "epi" and status == "success":
         (study / run_id / "events").mkdir()
         (study / run_id / "events" / "method.jsonl").write_text("".join(json.dumps(
@@ -105,7 +123,7 @@ def test_tables_match_golden_files(study):
     printed = report(study)
     assert "2/3 (1 missing)" in printed and "1/3 (1 failed, 1 missing)" in printed
     for name in ("main_sequential.md", "main_sequential.csv", "forgetting.md", "forgetting.csv",
-                 "main_sequential.tex", "significance.md"):
+                 "main_sequential.tex", "significance.md", "flips_sequential.md", "flips_sequential.csv"):
         assert (study / "tables" / name).read_text() == (GOLDEN / name).read_text(), name
     assert (study / "tables" / "drift_sequential_tiny_epi.png").stat().st_size > 1000
 
@@ -144,6 +162,10 @@ def test_report_html_is_self_contained(study):
     assert "<h2>main_sequential</h2>" in page and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # no CDN, no network
     assert "epi-s1" in page and "NonFiniteLoss" in page  # failed cells with their errors
+    significance = page.split("<h2>Significance</h2>")[1].split("<h2>")[0]
+    assert "<table>" in significance and "<pre>" not in significance  # an HTML table, not raw Markdown
+    assert "<h2>flips_sequential</h2>" in page and "Ret. ΔNLL" in page and "flips_sequential" in page.split(
+        "<h2>Plots</h2>")[1]  # the flips table, the retention column and the flips plot
 
 
 @pytest.mark.browser
@@ -158,4 +180,11 @@ def test_report_html_renders_in_headless_chromium(study, tmp_path):
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1300,2400",
                     f"--screenshot={shot}", (study / "tables" / "report.html").as_uri()],
                    capture_output=True, timeout=120, check=True)
-    assert shot.stat().st_size > 50_000  # tables and four inline plots, not a blank page
+    assert shot.stat().st_size > 50_000  # tables and five inline plots, not a blank page
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          (study / "tables" / "report.html").as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rendered = dom.split("<h2>Significance</h2>")[1].split("<h2>")[0]
+    assert "<table>" in rendered and "<td>full_sft" in rendered  # rendered as a table
+    for name in ("main_sequential", "forgetting", "flips_sequential"):
+        assert dom.split(f"<h2>{name}</h2>")[1].lstrip().startswith("<table>"), name

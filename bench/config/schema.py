@@ -130,6 +130,11 @@ class EvalConfig:
     judge: dict[str, Any] = field({}, "LLM judge for open-ended tasks (1-10): {kind = 'hf', model = ...} or "
                                       "{kind = 'openai', base_url = ..., model = ..., api_key_env = ...}; "
                                       "empty = ROUGE-L against the reference")
+    retention: dict[str, Any] = field({"source": "python-docs", "rows": 32, "tokens": 128},
+                                      "general-ability retention, the mean per-token NLL on held-out general text "
+                                      "before training and after every stage: {source = 'python-docs' | "
+                                      "'hub:<dataset>[:<config>]:<split>:<column>' | a .txt/.jsonl file, rows = N, "
+                                      "tokens = N} (bench/suite/retention.py); empty = off")
 
 
 @dataclasses.dataclass(frozen=True)

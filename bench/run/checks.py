@@ -16,6 +16,8 @@ from bench import analysis
 from bench.backbones.registry import BACKBONES
 from bench.config import ConfigError, RunConfig, check_unique
 from bench.suite.judge import JUDGE_OPTIONS
+from bench.suite.retention import RetentionOptions
+from bench.suite.retention import source_problem as retention_source_problem
 from bench.suite.tasks import TASKS, source_problem
 from core import options
 
@@ -62,6 +64,8 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     judge = config.eval.judge
     if judge:
         check_judge(judge, where)
+    if config.eval.retention:
+        check_retention(config.eval.retention, where)
     context = BACKBONES[config.backbone.name].context if config.backbone.name in BACKBONES else None
     for key, value in (("eval.max_gen_toks", config.eval.max_gen_toks), ("train.max_length", config.train.max_length)):
         if context is not None and value >= context:
@@ -71,6 +75,20 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
     return config
+
+
+def check_retention(table: dict[str, Any], where: str) -> None:
+    """``eval.retention``: every option's type and a local text file that exists."""
+    try:
+        chosen = options.build(RetentionOptions, table, where=where, what="key", prefix="eval.retention.",
+                               error=ConfigError)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a rule of the options' own checks
+        raise ConfigError(f"{where}: key 'eval.retention': {e}") from None
+    problem = retention_source_problem(chosen)
+    if problem:
+        raise ConfigError(f"{where}: key 'eval.retention.source': {problem}")
 
 
 def check_judge(judge: dict[str, Any], where: str) -> None:

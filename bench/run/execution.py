@@ -44,10 +44,11 @@ from bench.run.memory_plan import state_per_parameter
 from bench.run.regimes import regime_plan, stages
 from bench.suite.evaluate import evaluate
 from bench.suite.judge import build_judge
+from bench.suite.retention import retention
 from bench.suite.tasks import Suite, build_suite, source_digests
 from bench.suite.tasks.lm_eval_files import FORMAT_VERSION
 from methods.base import StagePlan
-from reports.schema import ErrorInfo, Evaluation, Result, RunInfo, StageResult, TrainInfo
+from reports.schema import ErrorInfo, Evaluation, ItemRecord, Result, RunInfo, StageResult, TrainInfo
 
 RUN_LOCK = ".run.lock"
 
@@ -58,14 +59,30 @@ def seed_everything(seed: int) -> None:
 
 
 def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any) -> dict[str, Any]:
-    """Scores of the untrained backbone, measured once per (backbone, tasks, eval) and cached
-    under ``<study>/base/`` (the seed matters only for random-init backbones)."""
+    """Scores of the untrained backbone (with each task's ``items`` and the ``retention`` NLL),
+    measured once per (backbone, tasks, eval) and cached under ``<study>/base/`` (the seed
+    matters only for random-init backbones)."""
     path = base_path(config)
     if path.is_file():
-        return json.loads(path.read_text())["scores"]
-    scores = evaluate(model, tokenizer, suite, config.eval, judge=judge)
-    atomic_write(path, json.dumps({"key": json.loads(base_key(config)), "scores": scores}, indent=2, sort_keys=True) + "\n")
-    return scores
+        cached = json.loads(path.read_text())
+        return {"scores": cached["scores"], "retention": cached.get("retention")}
+    measured = measure(config, model, tokenizer, suite, judge)
+    atomic_write(path, json.dumps({"key": json.loads(base_key(config)), **measured}, indent=2, sort_keys=True) + "\n")
+    return measured
+
+
+def measure(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any) -> dict[str, Any]:
+    """One evaluation: every task's score with its per-item records, and the retention NLL."""
+    scores = evaluate(model, tokenizer, suite, config.eval, judge=judge, per_item=True)
+    return {"scores": scores, "retention": retention(model, tokenizer, config.eval.retention, config.eval.batch_size)}
+
+
+def split_measured(measured: dict[str, Any], evaluation: str | int,
+                   suite: Suite) -> tuple[dict[str, Any], float | None, list[ItemRecord]]:
+    """(scores without items, retention, item records) of one ``measure``."""
+    scores = copy.deepcopy(measured["scores"])
+    records = res.item_records(evaluation, scores, {t.name: t for t in suite.tasks})
+    return scores, measured.get("retention"), records
 
 
 def ensure_base_scores(config: RunConfig) -> None:
@@ -187,13 +204,14 @@ def build_trainer(config: RunConfig, precision: Precision, method: methods.Metho
 def evaluate_stage(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any) -> dict[str, Any]:
     """Scores of every task on the exported model; in a sharded run every rank gathers the whole
     model and evaluates its share of the items, and every rank gets the gathered scores."""
-    return trainer.on_exported_model(lambda model: evaluate(model, tokenizer, suite, config.eval, judge=judge))
+    return trainer.on_exported_model(lambda model: measure(config, model, tokenizer, suite, judge))
 
 
-def stage_result(stage: Any, steps_done: int, scores: dict[str, Any]) -> StageResult:
+def stage_result(stage: Any, steps_done: int, scores: dict[str, Any], retention_nll: float | None) -> StageResult:
     return StageResult(stage=stage.index, trained_on=stage.tasks, steps_done=steps_done,
                        scores={t: s["score"] for t, s in scores.items()}, nll={t: s["nll"] for t, s in scores.items()},
-                       details={t: {k: v for k, v in s.items() if k not in ("score", "nll")} for t, s in scores.items()})
+                       details={t: {k: v for k, v in s.items() if k not in ("score", "nll")} for t, s in scores.items()},
+                       retention=retention_nll)
 
 
 def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokenizer: Any, judge: Any,
@@ -219,11 +237,14 @@ def train_and_evaluate(config: RunConfig, trainer: Trainer, suite: Suite, tokeni
             trainer.run_stage(stage.index, data, stream, config.train.steps_per_stage)
         with timed(timing, "eval_s"):
             try:
-                scores = evaluate_stage(config, trainer, suite, tokenizer, judge)
+                measured = evaluate_stage(config, trainer, suite, tokenizer, judge)
             except Exception:  # e.g. the judge is down: keep the trained stage, a rerun evaluates it
                 trainer.save_checkpoint(always=True)
                 raise
-        evaluation.stages.append(stage_result(stage, trainer.step, scores))
+        scores, retention_nll, records = split_measured(measured, stage.index, suite)
+        if trainer.sharding.writes:
+            res.add_item_records(config.run_dir, records)
+        evaluation.stages.append(stage_result(stage, trainer.step, scores, retention_nll))
         evaluation.scorers = {t: s["scorer"] for t, s in scores.items()}
         trainer.save_checkpoint()
 
@@ -313,7 +334,10 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
         method = methods.build(config.method.name, config.method.options)
         if saved is None:
             with precision.autocast(), timed(timing, "base_s"):
-                evaluation.base = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
+                measured = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
+            evaluation.base, evaluation.retention_base, records = split_measured(measured, "base", suite)
+            if sharding.writes:
+                res.add_item_records(config.run_dir, records)
         features = {t: [encode(r, tokenizer, config.train.max_length) for r in rows] for t, rows in suite.train.items()}
         everything = all_tasks_data(config, features, tokenizer.pad_token_id, precision)
         trainer = build_trainer(config, precision, method, model, everything, progress, checkpointer, saved,

@@ -14,16 +14,42 @@ from pathlib import Path
 from typing import Any
 
 from bench.files import atomic_write
-from reports.schema import Provenance, Result, ResultError, read_result_file
+from reports.schema import ITEMS, ItemRecord, Provenance, Result, ResultError, items_to_jsonl, read_items, read_result_file
 
 RESULT = "result.json"
 REPO = Path(__file__).resolve().parents[2]  # the checkout bench/ lies in (no git there when installed)
 
-__all__ = ["RESULT", "Result", "ResultError", "provenance", "read_result", "write_result"]
+__all__ = ["RESULT", "Result", "ResultError", "add_item_records", "item_records", "provenance", "read_result",
+           "write_result"]
 
 
 def write_result(run_dir: Path, result: Result) -> None:
     atomic_write(run_dir / RESULT, result.to_json())
+
+
+def item_records(evaluation: str | int, scores: dict[str, dict[str, Any]], tasks: dict[str, Any]) -> list[ItemRecord]:
+    """Take each task's ``items`` out of ``scores`` (``evaluate(per_item=True)``) as records on
+    the task's scale (``tasks``: name -> task, for its metric and kind)."""
+    out = []
+    for name, entry in scores.items():
+        items = entry.pop("items", None)
+        if items is None:
+            continue
+        metric = tasks[name].metric.split(",")[0]  # "exact_match,none" in the results, "exact_match" per item
+        out.append(ItemRecord(evaluation, name, [int(i["id"]) for i in items],
+                              [100.0 * float(i[metric]) for i in items],
+                              [None if i.get("nll") is None else round(float(i["nll"]), 4) for i in items]))
+    return out
+
+
+def add_item_records(run_dir: Path, records: list[ItemRecord]) -> None:
+    """Append ``records`` to the run's ``evaluation/items.jsonl`` (rewritten atomically; a
+    record of the same evaluation and task replaces the earlier one, as a resumed run's)."""
+    if not records:
+        return
+    new = {(r.evaluation, r.task) for r in records}
+    kept = [r for r in read_items(run_dir) if (r.evaluation, r.task) not in new]
+    atomic_write(run_dir / ITEMS, items_to_jsonl(kept + records))
 
 
 def read_result(run_dir: Path) -> Result | None:
