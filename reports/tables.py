@@ -223,7 +223,8 @@ def normalizers(runs: Sequence[Run], groups: Sequence[tuple[str, str, list[Run]]
     """Per backbone, the normalizer of each task (``best_per_task``) and the tasks Avg. Norm.
     leaves out, with why (``reports.metrics.normalizable``)."""
     chance = next((r.data.evaluation.chance for r in runs if r.ok), {})
-    best, dropped = {}, {}
+    best: dict[str, dict[str, float]] = {}
+    dropped: dict[str, dict[str, str]] = {}
     for backbone, by_task in best_rows(groups, tasks).items():
         best[backbone] = {t: v for t, (v, _) in by_task.items()}
         for t, (value, group) in by_task.items():
