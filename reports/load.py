@@ -86,6 +86,8 @@ def read_manifest(study_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+RESOLVED_PRECISION = "precision"  # the variant key of the policy a run's precision resolved to
+
 # Keys that differ between runs pooled as seeds of one row, or that never change a result.
 NOT_A_VARIANT = {"seed", "results_dir", "study", "train.checkpoint_every", "train.keep_final_weights"}
 
@@ -128,6 +130,12 @@ def label_variants(runs: list[Run]) -> list[Run]:
         groups.setdefault((r.regime, r.backbone, r.method), []).append(r)
     for group in groups.values():
         flat = {r.run_id: {k: v for k, v in flatten(r.config or {}).items() if k not in NOT_A_VARIANT} for r in group}
+        # ``train.precision = "auto"`` resolves per machine: runs it resolved differently are never
+        # pooled as seeds of one row (the resolved policy is in each result)
+        resolved = {r.run_id: r.result.train.precision.get("policy") for r in group if r.result is not None}
+        if len({v for v in resolved.values() if v}) > 1:
+            for run_id, policy in resolved.items():
+                flat[run_id][RESOLVED_PRECISION] = json.dumps(policy)
         keys = sorted({k for f in flat.values() for k in f})
         differing = [k for k in keys if len({f.get(k) for f in flat.values() if f}) > 1]
         for r in group:

@@ -32,6 +32,21 @@ def test_matches_brute_force(rho, normalize):
     assert {n: i.tolist() for n, i in got.items()} == want
 
 
+@pytest.mark.parametrize("sample", [0, 64, 1 << 16])
+@pytest.mark.parametrize("rho", [0.001, 0.01, 0.3, 0.9])
+def test_a_sampled_range_and_a_constant_tensor_select_the_brute_force_set(rho, sample):
+    """Heavy-tailed scores (as importance is), ties at zero, and one constant tensor (it normalizes
+    to 0, and no threshold of its own dtype may round onto its value): with the range proposed by
+    a sample (64 entries: often wrong, so the histogram search takes over), or without one."""
+    g = torch.Generator().manual_seed(3)
+    scores = {f"t{i}": (torch.rand(30, 70, generator=g) ** (3 + i)) * (i + 1) for i in range(4)}
+    scores["t0"][:10] = 0.0
+    scores["flat"] = torch.full((20, 30), 0.5)
+    for normalize in (True, False):
+        got = select_top_fraction(scores, rho, normalize=normalize, bins=16, exact_below=100, sample=sample)
+        assert {n: i.tolist() for n, i in got.items()} == reference(scores, rho, normalize)
+
+
 def test_exact_fraction_with_ties():
     scores = {"a": torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5]]), "b": torch.ones(3, 4)}
     for rho in (0.1, 0.25, 0.5, 0.8):

@@ -103,12 +103,33 @@ def test_old_precision_keys_name_the_new_one(key, value):
         from_dict(RunConfig, {key: value}, "<test>")
 
 
-def test_auto_is_bf16_mixed_on_gpu_and_fp32_on_cpu():
+def test_auto_is_bf16_mixed_on_gpu_and_on_a_cpu_with_bf16_units(monkeypatch):
+    from bench.engine import precision
     from bench.engine.precision import Precision
 
     assert Precision.from_config("auto", torch.device("cuda")).name == "bf16-mixed"
-    assert Precision.from_config("auto", torch.device("cpu")).param_dtype == torch.float32
     assert TrainConfig().precision == "auto"
+    monkeypatch.setenv("ISOBENCH_CPU_BF16", "0")  # what the tests pin
+    precision.cpu_bf16.cache_clear()
+    assert Precision.from_config("auto", torch.device("cpu")).name == "fp32"
+    monkeypatch.setenv("ISOBENCH_CPU_BF16", "1")
+    precision.cpu_bf16.cache_clear()
+    assert Precision.from_config("auto", torch.device("cpu")).name == "bf16-mixed"
+    monkeypatch.delenv("ISOBENCH_CPU_BF16")  # detected: no bf16 flag, no bf16 (the probe is not even run)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(precision, "_matmul_seconds", lambda dtype, repeats=5: 1 / 0)
+    precision.cpu_bf16.cache_clear()
+    assert Precision.from_config("auto", torch.device("cpu")).name == "fp32"
+    # a flag alone is not enough: the probe must find bf16 much faster
+    speeds = {torch.bfloat16: 0.9, torch.float32: 1.0}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(precision, "_matmul_seconds", lambda dtype, repeats=5: speeds[dtype])
+    precision.cpu_bf16.cache_clear()
+    assert precision.resolve("auto", torch.device("cpu")) == "fp32"
+    speeds[torch.bfloat16] = 0.25
+    precision.cpu_bf16.cache_clear()
+    assert precision.resolve("auto", torch.device("cpu")) == "bf16-mixed"
+    precision.cpu_bf16.cache_clear()
 
 
 def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
@@ -135,7 +156,7 @@ def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
 
 
 def test_the_memory_plan_resolves_auto_for_the_device_it_runs_on(monkeypatch):
-    """``auto`` is fp32 on a CPU and bf16-mixed on a GPU, in the plan as in the run."""
+    """``auto`` is fp32 on a CPU without bf16 units (the tests pin it) and bf16-mixed on a GPU, in the plan as in the run."""
     import bench.run.memory_plan as memory_plan
 
     config = from_dict(RunConfig, {"backbone": {"name": "random-llama-135m"}, "train": {"precision": "auto"}}, "<test>")

@@ -188,3 +188,18 @@ def test_report_html_renders_in_headless_chromium(study, tmp_path):
     assert "<table>" in rendered and "<td>full_sft" in rendered  # rendered as a table
     for name in ("main_sequential", "forgetting", "flips_sequential"):
         assert dom.split(f"<h2>{name}</h2>")[1].lstrip().startswith("<table>"), name
+
+
+def test_runs_whose_auto_precision_resolved_differently_are_not_pooled(study):
+    """``train.precision = "auto"`` is fp32 on one CPU and bf16-mixed on another: the two seeds of
+    full_sft become two rows, labelled by the policy, instead of one mean over both."""
+    path = study / "full_sft-s1" / "result.json"
+    data = json.loads(path.read_text())
+    data["train"]["precision"] = {"policy": "bf16-mixed"}
+    path.write_text(json.dumps(data))
+    p0 = study / "full_sft-s0" / "result.json"
+    d0 = json.loads(p0.read_text())
+    d0["train"]["precision"] = {"policy": "fp32"}
+    p0.write_text(json.dumps(d0))
+    printed = report(study)
+    assert "full_sft (precision=bf16-mixed)" in printed and "full_sft (precision=fp32)" in printed

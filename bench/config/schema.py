@@ -88,7 +88,8 @@ class TrainConfig:
     max_length: int = field(128, "tokens per training row (prompt + answer), truncated", minimum=8)
     log_every: int = field(1, "steps between metrics.jsonl lines", minimum=1)
     precision: str = field("auto", "precision policy, one of bench/engine/precision.py's POLICIES (its docstring says "
-                                   "what each does); auto = bf16-mixed on GPU, fp32 on CPU",
+                                   "what each does); auto = bf16-mixed on a GPU and on a CPU with bf16 matrix "
+                                   "units, else fp32",
                            choices=("auto", *POLICIES))
     activation_checkpointing: bool = field(False, "recompute each decoder layer's activations in the backward pass "
                                                   "(transformers' non-reentrant gradient checkpointing)")

@@ -6,9 +6,11 @@ the optimizers this object builds: the loop puts a resumed LR back into torchao'
 (``bench/engine/train.py``), and ``methods/importance.py`` reads Adam's second moment under the
 state keys of torch, torchao and torch-optimi.
 
-- ``fp32``: fp32 weights, fp32 AdamW state, fp32 compute (the CPU default).
-- ``bf16-mixed``: fp32 master weights and fp32 AdamW state, bf16 autocast compute (the GPU
-  default): every update is applied in fp32, as in the fp32 run.
+- ``fp32``: fp32 weights, fp32 AdamW state, fp32 compute (``auto`` on a CPU without bf16
+  matrix units).
+- ``bf16-mixed``: fp32 master weights and fp32 AdamW state, bf16 autocast compute (``auto`` on a
+  GPU, and on a CPU with bf16 matrix units: ``cpu_bf16``): every update is applied in fp32, as in
+  the fp32 run.
 - ``bf16-pure``: bf16 weights and bf16 AdamW state, nearest rounding. An ablation with a known,
   measured loss: an update below half a bf16 ulp of its weight (lr 2e-5 against |w| ~ 0.02) is
   rounded away, and a lost update looks exactly like a deliberately frozen entry (``docs/perf.md``).
@@ -22,7 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,10 +60,49 @@ def missing_package(name: str) -> str | None:
     return f"train.precision = {name!r} needs the package {dist}: pip install 'isobench[gpu]' (or pip install {dist})"
 
 
+CPU_BF16_ENV = "ISOBENCH_CPU_BF16"  # "1" or "0" decides for the detection (tests pin it to 0)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of the units oneDNN's bf16 matmul uses
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def _matmul_seconds(dtype: torch.dtype, repeats: int = 5) -> float:
+    a, b = torch.randn(256, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices much faster than fp32: it has bf16 matrix units
+    (AMX-BF16 or AVX512-BF16 in its flags) and a short timed probe (a SmolLM2-sized matmul, best
+    of 5, about 0.1 s) runs bf16 in under 0.6x the fp32 time. ``ISOBENCH_CPU_BF16=1`` or ``=0``
+    decides instead (the tests pin it to 0, so they behave alike on every machine)."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    if not cpu_flags() & set(BF16_FLAGS):
+        return False
+    return _matmul_seconds(torch.bfloat16) < 0.6 * _matmul_seconds(torch.float32)
+
+
 def resolve(name: str, on: torch.device) -> str:
-    """``auto`` -> ``bf16-mixed`` on GPU, ``fp32`` on CPU."""
+    """``auto`` -> ``bf16-mixed`` on GPU and on a CPU with fast bf16 matmul (``cpu_bf16``),
+    else ``fp32``."""
     if name == "auto":
-        return "bf16-mixed" if on.type == "cuda" else "fp32"
+        return "bf16-mixed" if on.type == "cuda" or (on.type == "cpu" and cpu_bf16()) else "fp32"
     if name not in _TABLE:
         raise ValueError(f"unknown precision {name!r}; allowed: auto, {', '.join(POLICIES)}")
     return name

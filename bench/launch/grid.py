@@ -30,6 +30,7 @@ from typing import Any
 
 from bench.backbones.registry import prepare_backbone
 from bench.config import RunConfig, from_dict, to_dict
+from bench.engine.precision import CPU_BF16_ENV, cpu_bf16
 from bench.launch.dispatch import check_resources, resources, run_cell
 from bench.launch.dry_run import cell_steps, plans
 from bench.launch.manifest import cell_status, summarize, write_manifest
@@ -122,6 +123,9 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
         print(f"[grid] nothing to run: {len(grid.cells)} cells, none {' or '.join(sorted(redo))}", file=sys.stderr)
         return {**counts, **summarize(grid)}
     study_dir = grid.study_dir.resolve()
+    # ``auto`` precision is decided once here and inherited by every trial this machine starts, so
+    # one grid's cells never resolve it differently (a remote cluster's workers decide on their own)
+    os.environ.setdefault(CPU_BF16_ENV, "1" if cpu_bf16() else "0")
     for backbone in sorted({c.backbone.name for c in todo}):
         prepare_backbone(backbone)
     firsts = {base_key(c): c for c in reversed(todo)}

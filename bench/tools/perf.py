@@ -13,6 +13,11 @@ step-time ratio (with ``every = 1`` the ratio is the cost of one measurement per
 ``--fsdp`` runs every variant a second time as a 1-worker FSDP2 trial (``bench.engine.sharding`` in a
 one-process group: ``fully_shard`` per layer and root, the precision's MixedPrecisionPolicy),
 labelled ``<variant> fsdp``, so FSDP2's own cost shows as a ratio on the same device.
+``--precision fp32,bf16-mixed`` runs every variant under each policy, interleaved in the same
+rounds and labelled ``<variant> <policy>``, so the policies' costs show side by side.
+``--rows-from configs/quickstart.toml`` trains on that config's own tokenized rows (its offline
+tasks, train size, seed and max length: the real shapes, with their padding) instead of the
+synthetic rows of ``--seq`` tokens.
 """
 
 from __future__ import annotations
@@ -94,15 +99,29 @@ def sync(on: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def config_rows(path: str, backbone: str) -> list[Feature]:
+    """The training rows of the first cell of a config file, tokenized as its run tokenizes
+    them, the tasks interleaved (offline tasks only)."""
+    from bench.engine.data import encode
+    from bench.run.cells import load_cells
+    from bench.suite.tasks import TASKS
+
+    config = load_cells(path)[0]
+    _, tokenizer = load_backbone(backbone, torch.float32, 0, torch.device("cpu"))
+    per_task = [[encode(r, tokenizer, config.train.max_length)
+                 for r in TASKS[t].generate(config.seed, config.tasks.train_size, 1)[0]] for t in config.tasks.names]
+    return [row for group in zip(*per_task) for row in group]
+
+
 def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
-            rows: list[Feature], steps: int, fsdp: bool = False) -> dict[str, Any]:
+            rows: list[Feature], steps: int, fsdp: bool = False, policy: str | None = None) -> dict[str, Any]:
     """Fresh model + method, ``args.warmup`` untimed steps, then ``steps`` timed steps."""
     label, name, options, analyses = variant
     gc.collect()
     if on.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    precision = Precision.from_config(args.precision, on)
+    precision = Precision.from_config(policy or args.precision, on)
     model, tokenizer = load_backbone(args.backbone, precision.param_dtype, 0, on)
     if getattr(args, "activation_checkpointing", False):
         enable_activation_checkpointing(model)
@@ -135,7 +154,9 @@ def measure(variant: Variant, args: argparse.Namespace, on: torch.device,
     checkpoint = checkpoint_cost(trainer) if args.checkpoint_every else None
     extra_params = sum(p.numel() for p in trainer.model.parameters()) - n_params  # LoRA adapters
     state = tensor_bytes(method.state_dict()) + extra_params * 4
-    out = {"variant": label + (" fsdp" if fsdp else ""), "method": name, "options": options, "params": n_params,
+    tag = (f" {precision.name}" if "," in args.precision else "") + (" fsdp" if fsdp else "")
+    out = {"variant": label + tag, "method": name, "options": options, "params": n_params,
+           "precision": precision.name,
            "step_times_s": times,
            "peak_memory_bytes": torch.cuda.max_memory_allocated() if on.type == "cuda" else training_state_bytes(trainer),
            "state_bytes": state, "operations_s": operations, "checkpoint": checkpoint,
@@ -188,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="tiny-llama",
                    help="tiny-llama | smollm2-135m | random-llama-135m | random-llama-1b | a hub id or folder")
-    p.add_argument("--precision", default="auto", choices=["auto", *POLICIES])
+    p.add_argument("--precision", default="auto",
+                   help=f"a policy, or several comma-separated, measured side by side: auto, {', '.join(POLICIES)}")
+    p.add_argument("--rows-from", default=None, help="a config file whose training rows to use (offline tasks)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=64, help="tokens per row (the last quarter is the answer)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant, split over the rounds")
@@ -202,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsdp", action="store_true", help="also run every variant as a 1-worker FSDP2 trial")
     p.add_argument("--json", default="perf.json", help="where to write the raw and summarized numbers")
     args = p.parse_args(argv)
+    policies = args.precision.split(",")
+    unknown = [x for x in policies if x not in ("auto", *POLICIES)]
+    if unknown:
+        p.error(f"--precision {','.join(unknown)}: allowed: auto, {', '.join(POLICIES)} (comma-separated)")
     on = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.fsdp:
         import torch.distributed as dist
@@ -214,18 +241,22 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [variants[0], *chosen]
     # Token ids below every backbone's vocabulary (the ids' values do not change the cost).
     vocab = (resolve(args.backbone).shape or {}).get("vocab_size", 32000)
-    rows = synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0)
-    runs = [(v, fsdp) for v in chosen for fsdp in ((False, True) if args.fsdp else (False,))]
+    rows = (config_rows(args.rows_from, args.backbone) if args.rows_from
+            else synthetic_rows(vocab, max(4 * args.batch, 64), args.seq, 0))
+    runs = [(v, fsdp, policy) for v in chosen for policy in policies
+            for fsdp in ((False, True) if args.fsdp else (False,))]
     raw: dict[str, list[dict[str, Any]]] = {}
     per_round = max(1, args.steps // args.rounds)
     for r in range(args.rounds):
-        for v, fsdp in runs:
-            print(f"round {r + 1}/{args.rounds}: {v[0]}{' fsdp' if fsdp else ''}", flush=True)
-            out = measure(v, args, on, rows, per_round, fsdp)
+        for v, fsdp, policy in runs:
+            print(f"round {r + 1}/{args.rounds}: {v[0]} {policy}{' fsdp' if fsdp else ''}", flush=True)
+            out = measure(v, args, on, rows, per_round, fsdp, policy)
             raw.setdefault(out["variant"], []).append(out)
     summary = summarize(raw, on)
     device = torch.cuda.get_device_name(0) if on.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    header = (f"backbone {args.backbone}, {summary[0]['params'] / 1e6:.1f}M params, batch {args.batch} x seq {args.seq}, "
+    shape = f"rows of {args.rows_from}" if args.rows_from else f"seq {args.seq}"
+    header = (f"backbone {args.backbone}, {summary[0]['params'] / 1e6:.1f}M params, batch {args.batch} x {shape}, "
+              f"precision {', '.join(Precision.from_config(x, on).name for x in policies)}, "
               f"{args.rounds} rounds x {per_round} timed steps per variant, device {device}, "
               f"{time.strftime('%Y-%m-%d')}")
     print(header)
