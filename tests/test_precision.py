@@ -58,10 +58,10 @@ def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
         assert plan.method == h.check.peak
 
 
-def sentinel_fraction(precision: str, method: str = "full_sft", declared: bool = True) -> float:
+def sentinel_fraction(precision: str, method: str = "full_sft", declared: bool = True, **train) -> float:
     from bench.engine.sentinel import LostUpdateSentinel
 
-    h = Harness(method, precision=precision, lr=2e-5, weight_decay=0.0)
+    h = Harness(method, precision=precision, lr=2e-5, weight_decay=0.0, **train)
     sentinel = LostUpdateSentinel(seed=0, held_fixed=h.method.held_fixed if declared else dict)
     h.trainer.observers.append(sentinel)
     sentinel.on_stage_start(h.trainer.context())
@@ -84,6 +84,9 @@ def test_the_sentinel_does_not_count_entries_a_method_holds_on_purpose():
     sentinel sees an fp32 run lose nothing and still sees bf16-pure's loss; not told, it would
     count MoFO's held entries as lost updates."""
     assert sentinel_fraction("fp32", "mofo") < 0.001
+    # a warm-up's first step has lr 0: MoFO's entries chosen then, and never again, did not move,
+    # and were not due to (the sentinel counts no step at lr 0)
+    assert sentinel_fraction("fp32", "mofo", warmup_steps=1) < 0.001
     assert sentinel_fraction("bf16-pure", "mofo") > 0.3
     assert sentinel_fraction("fp32", "mofo", declared=False) > 0.3
 

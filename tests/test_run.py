@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.cli import main
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")
@@ -62,3 +64,25 @@ def test_nan_loss_is_recorded_as_failed_with_its_step(tmp_path):
 def test_config_error_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["run", SMOKE, "--set", "train.lr_max=1"]) == 2
     assert "train.lr_max" in capsys.readouterr().err
+
+
+FAST_PAIRS = {("mofo", "multitask"), ("hft", "multistage"), ("ewc", "sequential"), ("replay", "multistage")}
+
+
+@pytest.mark.parametrize("method,regime", [
+    pytest.param(m, r, marks=() if (m, r) in FAST_PAIRS else pytest.mark.slow)
+    for m in ("mofo", "hft", "ewc", "replay") for r in ("multitask", "sequential", "multistage")])
+def test_the_rivals_of_other_kinds_run_in_every_regime(tmp_path, method, regime):
+    """MoFO, HFT, EWC and replay through ``isobench run`` in each regime: a successful result
+    with the stages the regime plans, the budget recorded, and EWC's loss term in the log."""
+    args = fast(tmp_path, f"method.name={json.dumps(method)}", f"regime={json.dumps(regime)}", "tasks.num_groups=2",
+                "train.steps_per_stage=2")
+    assert main(["run", SMOKE, *args]) == 0
+    r = only_result(tmp_path)
+    assert r["run"]["status"] == "success" and r["run"]["method"] == method
+    assert len(r["evaluation"]["stages"]) == {"multitask": 1, "sequential": 4, "multistage": 2}[regime]
+    budget = r["train"]["budget"]
+    assert 0 < budget["updated_share"] <= 1 and budget["state_bytes_per_param"] is not None
+    if method == "ewc" and regime != "multitask":  # a penalty from the second stage on
+        lines = [json.loads(x) for x in (tmp_path / "smoke" / r["run"]["run_id"] / "metrics.jsonl").read_text().splitlines()]
+        assert any(line.get("method_loss", 0) > 0 for line in lines)

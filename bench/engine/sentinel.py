@@ -4,7 +4,8 @@ At each stage end it records, over a fixed sample of trainable entries (2^20 by 
 from the run seed, so it costs a few MB even at 8B), the fraction of entries that received a
 non-zero gradient during the stage (after the method's hooks, so entries a method freezes on
 purpose have none) in a step that did not declare it held fixed (``Method.held_fixed``: MoFO
-keeps the gradients of the entries it holds), but whose value never changed. Under fp32 or
+keeps the gradients of the entries it holds) and at a learning rate above 0 (a warm-up's first
+step moves nothing, by design), but whose value never changed. Under fp32 or
 bf16-mixed that fraction is ~0;
 under bf16-pure at a small learning rate most updates round away. A frozen entry is then frozen
 on purpose, not by rounding: the report flags runs above a threshold.
@@ -34,6 +35,7 @@ class LostUpdateSentinel(Observer):
         """``held_fixed``: the method's ``Method.held_fixed`` (entries it kept on purpose)."""
         self.seed, self.sample, self.held_fixed = seed, sample, held_fixed
         self.stepped: dict[str, torch.Tensor] = {}  # sampled entries with a gradient in this step
+        self.optimizer: torch.optim.Optimizer | None = None
         self.index: dict[str, torch.Tensor] = {}
         self.start: dict[str, torch.Tensor] = {}
         self.touched: dict[str, torch.Tensor] = {}
@@ -52,6 +54,7 @@ class LostUpdateSentinel(Observer):
             self.index[name] = local_indices(drawn, p)  # a sharded run: the entries in this rank's block
 
     def on_stage_start(self, ctx: StageContext) -> None:
+        self.optimizer = ctx.optimizer  # its learning rate before each update (the step's own)
         params = self._params(ctx.model)
         if not self.index:
             self._draw(params)
@@ -60,6 +63,9 @@ class LostUpdateSentinel(Observer):
             self.touched[name] = torch.zeros(self.index[name].numel(), dtype=torch.bool, device=self.start[name].device)
 
     def after_backward(self, step: int, model: nn.Module) -> None:
+        if self.optimizer is not None and not any(float(g["lr"]) > 0 for g in self.optimizer.param_groups):
+            self.stepped = {}  # this step's learning rate is 0: no update is due, none can be lost
+            return
         self.stepped = {name: local(p.grad).reshape(-1)[self.index[name]] != 0
                         for name, p in self._params(model).items() if p.grad is not None and name in self.touched}
 
