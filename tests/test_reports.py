@@ -77,7 +77,10 @@ def test_drift_series_orders_by_index():
     assert drift_series(events)["step"] == [10, 20] and drift_series(events)["jaccard_prev"] == [None, 0.5]
 
 
-def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], status: str = "success") -> None:
+def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], status: str = "success",
+             current: bool = False) -> None:
+    """A run folder: the flat schema-1 result file (``current``: the current schema, with the
+    budget, retention and per-item records a run writes today)."""
     run_id = f"{method}-s{seed}"
     stages = [{"stage": k, "trained_on": [TASKS[k]], "scores": dict(zip(TASKS, row)),
                "nll": {t: 1.0 + k * 0.1 for t in TASKS}} for k, row in enumerate(matrix)]
@@ -86,7 +89,11 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
               "chance": {"a": 0.0, "b": 25.0, "c": 0.0},
               "base": {t: {"score": 10.0, "nll": 2.0} for t in TASKS} if seed == 0 else {},
               "error": None if status == "success" else {"type": "NonFiniteLoss", "message": "nan", "step": 3}}
-    written = upgrade_v1(result)  # the current schema, with the budget, retention and item records a run writes
+    if not current:
+        (study / run_id).mkdir(parents=True)
+        (study / run_id / "result.json").write_text(json.dumps(result))
+        return
+    written = upgrade_v1(result)
     written["train"]["budget"] = BUDGETS[method]
     written["evaluation"]["retention_base"] = 3.0
     for k, stage in enumerate(written["evaluation"]["stages"]):
@@ -109,10 +116,10 @@ def fake_run(study: Path, method: str, seed: int, matrix: list[list[float]], sta
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     s = tmp_path / "study"
-    fake_run(s, "full_sft", 0, [[80, 30, 0], [40, 70, 0], [30, 50, 60]])
-    fake_run(s, "full_sft", 1, [[70, 25, 0], [50, 65, 0], [40, 40, 70]])
-    fake_run(s, "epi", 0, [[75, 30, 0], [70, 60, 0], [65, 60, 50]])
-    fake_run(s, "epi", 1, [[0, 0, 0]], status="failed")
+    fake_run(s, "full_sft", 0, [[80, 30, 0], [40, 70, 0], [30, 50, 60]], current=True)
+    fake_run(s, "full_sft", 1, [[70, 25, 0], [50, 65, 0], [40, 40, 70]], current=True)
+    fake_run(s, "epi", 0, [[75, 30, 0], [70, 60, 0], [65, 60, 50]], current=True)
+    fake_run(s, "epi", 1, [[0, 0, 0]], status="failed", current=True)
     cells = [{"run_id": f"{m}-s{x}", "method": m, "backbone": "tiny", "regime": "sequential", "seed": x}
              for m in ("full_sft", "epi") for x in (0, 1, 2)]
     (s / "grid.json").write_text(json.dumps({"methods": ["full_sft", "epi"], "cells": cells}))
