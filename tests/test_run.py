@@ -75,8 +75,8 @@ FAST_PAIRS = {("mofo", "multitask"), ("hft", "multistage"), ("ewc", "sequential"
 def test_the_rivals_of_other_kinds_run_in_every_regime(tmp_path, method, regime):
     """MoFO, HFT, EWC and replay through ``isobench run`` in each regime: a successful result
     with the stages the regime plans, the budget recorded, and EWC's loss term in the log."""
-    args = fast(tmp_path, f"method.name={json.dumps(method)}", f"regime={json.dumps(regime)}", "tasks.num_groups=2",
-                "train.steps_per_stage=2")
+    args = fast(tmp_path, f"grid.methods={json.dumps([method])}", "grid.method_options={}", f"regime={json.dumps(regime)}",
+                "tasks.num_groups=2")  # 3 steps a stage: the first of each is at lr 0 (warm-up)
     assert main(["run", SMOKE, *args]) == 0
     r = only_result(tmp_path)
     assert r["run"]["status"] == "success" and r["run"]["method"] == method
