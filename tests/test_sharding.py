@@ -104,6 +104,7 @@ def rank0_error() -> str:
 
 
 def work(names: list[str], folder: str) -> dict[str, Any]:
+    torch.set_num_threads(1)  # as every worker runs (tests.sharded), whatever an earlier test set here
     return {"selections": selections(), "resume": resume(folder), "error": rank0_error(),
             "traces": {n: trace(n, FAST.get(n, {}), STEPS, grad_accum=2, lr=1e-3, max_grad_norm=1.0) for n in names}}
 
