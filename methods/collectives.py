@@ -31,6 +31,11 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded one (every rank gathers all blocks), or ``t`` itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
 def reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """All-reduce ``t`` in place over the ranks (``op``: sum, min or max) and return it."""
     if world() > 1:

@@ -24,11 +24,12 @@ def held_mask(held: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return _as_mask(held, block)
 
 
-def held_count(held: torch.Tensor, like: torch.Tensor) -> int:
-    """How many entries of this rank's block of ``like`` a ``held_fixed`` value holds."""
+def held_count(held: torch.Tensor, like: torch.Tensor) -> int | torch.Tensor:
+    """How many entries of this rank's block of ``like`` a ``held_fixed`` value holds: an int, or
+    a 0-d tensor on the value's device for a mask (summed without a host sync every step)."""
     if held.dtype != torch.bool:
         return held.numel()
-    return local(like).numel() * bool(held) if held.dim() == 0 else int(held.sum())
+    return held.long() * local(like).numel() if held.dim() == 0 else held.sum()
 
 
 def held_at(held: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

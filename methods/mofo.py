@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from methods.base import Method, MethodConfig
-from methods.collectives import local, local_part
+from methods.collectives import full, local, local_part
 from methods.registry import register
 
 
@@ -44,8 +43,7 @@ def first_moment(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch
     if "exp_avg" not in state:
         raise KeyError(f"MoFO needs an optimizer with a first moment ('exp_avg'); {type(optimizer).__name__} "
                        f"keeps {', '.join(state) or 'no state'}")
-    moment = state["exp_avg"]
-    return moment.full_tensor() if isinstance(moment, DTensor) else moment
+    return full(state["exp_avg"])
 
 
 @register("mofo")

@@ -95,7 +95,7 @@ class Trainer:
         self.stages_done = 0  # stages trained to their end
         self.losses: list[float] = []
         self.method_losses: list[float] = []  # the method's own loss term per step (Method.loss), if any
-        self.held_entries = 0  # entries held fixed (Method.held_fixed) summed over steps, this rank
+        self.held_entries: int | torch.Tensor = 0  # entries held fixed (Method.held_fixed) over steps, this rank
         self.named = dict(self.model.named_parameters())
         self.trainable = sum(p.numel() for p in self.params)  # over all ranks
         self.tokens = 0
@@ -249,7 +249,7 @@ class Trainer:
             "counters": {"step": self.step, "stage": self.stage, "stage_step": self.stage_step,
                          "stages_done": self.stages_done,
                          "losses": list(self.losses), "method_losses": list(self.method_losses),
-                         "held_entries": self.held_entries,
+                         "held_entries": int(self.held_entries),
                          "tokens": self.tokens, "train_seconds": self.train_seconds},
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None and self.stage is not None else None,
@@ -320,7 +320,7 @@ class Trainer:
         """What the method spent, for a comparison at a matched budget: the mean share of trainable
         entries a step updated (those not declared in ``Method.held_fixed``) and the trainable count
         (the run adds the planned state bytes per parameter, ``bench.run.execution``)."""
-        held = float(self.sharding.sum(torch.tensor(float(self.held_entries), dtype=torch.float64, device=self.on)))
+        held = float(self.sharding.sum(torch.tensor(float(int(self.held_entries)), dtype=torch.float64, device=self.on)))
         steps = self.step * self.trainable
         return {"updated_share": None if not steps else 1.0 - held / steps, "trainable": self.trainable}
 
