@@ -151,8 +151,11 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
     order = torch.sort(rows[:, 0], descending=True, stable=True).indices[:need]
     mine = order[source[order] == rank()]
     picked_owner, picked = rows[mine, 1].long(), rows[mine, 2].long()
-    return {n: torch.sort(torch.cat([above[i], picked[picked_owner == i]])).values
-            for i, n in enumerate(names)}
+    def merged(i: int) -> torch.Tensor:  # ``above`` is sorted already (nonzero's order, mapped monotonically)
+        extra = picked[picked_owner == i]
+        return torch.sort(torch.cat([above[i], extra])).values if extra.numel() else above[i]
+
+    return {n: merged(i) for i, n in enumerate(names)}
 
 
 def per_layer_counts(index: dict[str, torch.Tensor]) -> dict[str, int]:

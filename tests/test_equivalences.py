@@ -110,3 +110,36 @@ def test_answer_only_output_layer_equals_the_full_forward():
     full = h.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
     expected = F.cross_entropy(full.float(), labels[keep], reduction="sum")
     torch.testing.assert_close(summed_nll(h.model, batch), expected, rtol=1e-5, atol=1e-5)
+
+
+def literal_ema(grads: list[torch.Tensor], beta: float) -> torch.Tensor:
+    values = torch.zeros_like(grads[0])
+    for g in grads:
+        values = beta * values + (1 - beta) * g * g
+    return values
+
+
+def test_one_pass_ema_equals_the_recurrence_across_folds_reads_and_a_resume():
+    from torch import nn
+
+    from methods.importance import GradSquaredEMA
+
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(257, generator=generator) * (1 + i % 3) for i in range(40)]
+    for beta in (0.6, 0.9, 0.999, 0.3):  # 0.6 folds on its own every 21 steps; 0.3 takes the literal path
+        param = nn.Parameter(torch.zeros(257))
+        ema = GradSquaredEMA({"w": param}, beta)
+        for i, g in enumerate(grads):
+            param.grad = g
+            ema.update()
+            if i == 17:  # a read mid-way (a refresh) folds the decay in; the sequence goes on
+                assert torch.allclose(ema.values["w"], literal_ema(grads[:18], beta), rtol=1e-5, atol=0)
+            if i == 25:  # a checkpoint taken here and resumed continues identically
+                saved = ema.state_dict()
+                resumed = GradSquaredEMA({"w": param}, beta)
+                resumed.load_state_dict(saved)
+        for g in grads[26:]:
+            param.grad = g
+            resumed.update()
+        assert torch.allclose(ema.values["w"], literal_ema(grads, beta), rtol=1e-5, atol=0), beta
+        assert torch.equal(resumed.values["w"], ema.values["w"]), beta

@@ -171,3 +171,26 @@ def test_the_memory_plan_resolves_auto_for_the_device_it_runs_on(monkeypatch):
     assert plan_cell(config, None) == fixed["fp32"]
     monkeypatch.setattr(memory_plan, "device", lambda: torch.device("cuda"))
     assert plan_cell(config, None) == fixed["bf16-mixed"]
+
+
+def test_evaluation_casts_a_frozen_weight_once_not_at_every_forward():
+    from bench.backbones.registry import load_backbone
+    from bench.engine.precision import Precision
+
+    precision = Precision.from_config("bf16-mixed", torch.device("cpu"))
+    model, _ = load_backbone("tiny-llama", torch.float32, 0, torch.device("cpu"))
+    for p in model.parameters():
+        p.requires_grad_(False)  # as LoRA's merged export: every base weight frozen
+    ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def casts(context, forwards: int) -> int:
+        with torch.profiler.profile() as prof, context:
+            for _ in range(forwards):
+                model(input_ids=ids)
+        return sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+
+    per_forward = casts(precision.autocast(), 2) - casts(precision.autocast(), 1)
+    evaluated = casts(precision.evaluation(model), 2) - casts(precision.evaluation(model), 1)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert per_forward - evaluated >= linears  # the second forward casts no weight again
+    assert not any(p.requires_grad for p in model.parameters())  # the flags are put back

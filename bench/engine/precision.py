@@ -150,6 +150,24 @@ class Precision:
                             enabled=self.autocast_dtype is not None):
             yield
 
+    @contextlib.contextmanager
+    def evaluation(self, model: torch.nn.Module) -> Iterator[None]:
+        """Context for an evaluation of ``model``: the run's autocast, no autograd, and every
+        weight cast to the autocast dtype once for the whole evaluation. torch's autocast caches a
+        cast only for a leaf tensor that requires grad, so a frozen weight (LoRA's merged export,
+        a frozen base model) would be cast again at every forward call, every generated token
+        included; such weights are marked for the duration and put back afterwards."""
+        frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()] \
+            if self.autocast_dtype is not None else []
+        for p in frozen:
+            p.requires_grad_(True)
+        try:
+            with torch.no_grad(), self.autocast():
+                yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
+
     def optimizer(self, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float],
                   weight_decay: float) -> torch.optim.Optimizer:
         """The optimizer that applies updates to parameters of ``param_dtype``."""

@@ -281,13 +281,14 @@ class Trainer:
 
     # -- what a run asks of the trainer ------------------------------------------------------------
     def on_exported_model(self, fn: Callable[[nn.Module], T]) -> T:
-        """``fn(the method's export of the whole model)`` under the run's autocast; in a sharded
+        """``fn(the method's export of the whole model)`` under ``Precision.evaluation``; in a sharded
         run on every rank (each gathers the whole model; ``fn`` may split its work over them),
         and rank 0's value is sent to all."""
         with self.sharding.whole_model(self.model) as whole:
             def export_and_apply() -> T:
-                with self.precision.autocast():
-                    return fn(self.method.export(whole))
+                exported = self.method.export(whole)
+                with self.precision.evaluation(exported):
+                    return fn(exported)
 
             return self.sharding.from_writer(export_and_apply)
 

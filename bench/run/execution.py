@@ -33,6 +33,7 @@ from bench.backbones.registry import device, enable_activation_checkpointing, lo
 from bench.config import RunConfig, to_dict
 from bench.engine.checkpoint import Checkpointer
 from bench.engine.data import Feature, StageData, Stream, encode
+from bench.engine.host_memory import keep_freed_memory
 from bench.engine.precision import Precision
 from bench.engine.run_log import RunLog
 from bench.engine.sentinel import LostUpdateSentinel
@@ -90,20 +91,23 @@ def ensure_base_scores(config: RunConfig) -> None:
     backbone before its trials start, so no two trials measure the same thing)."""
     if base_path(config).is_file():
         return
+    keep_freed_memory()
     suite = load_suite(config)
     precision = Precision.from_config(config.train.precision, device())
     model, tokenizer = load_backbone(config.backbone.name, precision.param_dtype, config.seed, precision.device)
     judge = build_judge(config.eval.judge) if config.eval.judge else None
-    with precision.autocast():
+    with precision.evaluation(model):
         base_scores(config, model, tokenizer, suite, judge)
 
 
 def base_key(config: RunConfig) -> str:
-    """What the base scores depend on (backbone, tasks, eval; the seed for random-init backbones)."""
+    """What the base scores depend on (backbone, tasks, eval, the resolved precision policy; the
+    seed for random-init backbones)."""
     c = to_dict(config)
     key = {k: c[k] for k in ("backbone", "tasks", "eval")}
     key["tasks"] = {k: v for k, v in key["tasks"].items() if k not in ("groups", "num_groups")}  # stages only
     key["seed"] = config.seed if resolve(config.backbone.name).random_init else None
+    key["precision"] = Precision.from_config(config.train.precision, device()).name  # ``auto`` as resolved here
     key["format"] = FORMAT_VERSION
     digests = source_digests(config.tasks.sources)
     if digests:  # a rewritten data file is another suite (absent for generated tasks: old keys stay)
@@ -277,6 +281,7 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     """Train and evaluate one run, resuming from its checkpoint if it has one (``restart``
     discards it); returns (and writes) its result. ``listeners`` get every metrics line;
     ``timing`` (seconds by phase, e.g. the caller's imports) is completed and recorded."""
+    keep_freed_memory()
     run_dir = config.run_dir
     if not force and (previous := done_result(config)) is not None:
         return previous  # without waiting for the lock of a run that may be going on
@@ -333,7 +338,7 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
             enable_activation_checkpointing(model)
         method = methods.build(config.method.name, config.method.options)
         if saved is None:
-            with precision.autocast(), timed(timing, "base_s"):
+            with precision.evaluation(model), timed(timing, "base_s"):
                 measured = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
             evaluation.base, evaluation.retention_base, records = split_measured(measured, "base", suite)
             if sharding.writes:

@@ -84,6 +84,18 @@ def windows(options: RetentionOptions, tokenizer: Any) -> torch.Tensor:
     return torch.tensor(ids[:need]).view(options.rows, options.tokens)
 
 
+LOGITS_BUDGET = 1 << 25  # logit values per forward: 128 MiB in fp32, whatever the vocabulary
+
+
+def rows_per_forward(model: nn.Module, tokens: int, batch_size: int) -> int:
+    """Windows per forward: at most ``batch_size``, and few enough that the fp32 logits stay
+    within ``LOGITS_BUDGET`` values (at a 49k-256k vocabulary a batch of whole windows would
+    allocate, convert and normalize gigabytes of logits at once)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else getattr(model.config, "vocab_size", 1)
+    return max(1, min(batch_size, LOGITS_BUDGET // max(1, tokens * vocab)))
+
+
 @torch.no_grad()
 def mean_token_nll(model: nn.Module, ids: torch.Tensor, batch_size: int) -> float:
     """Mean next-token NLL over every window (each token after the first of its window)."""
@@ -91,8 +103,9 @@ def mean_token_nll(model: nn.Module, ids: torch.Tensor, batch_size: int) -> floa
     model.eval()
     on = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, ids.shape[0], batch_size):
-        batch = ids[start:start + batch_size].to(on)
+    step = rows_per_forward(model, ids.shape[1], batch_size)
+    for start in range(0, ids.shape[0], step):
+        batch = ids[start:start + step].to(on)
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"))
         count += batch[:, 1:].numel()

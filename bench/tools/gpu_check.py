@@ -200,7 +200,7 @@ def generation(shapes: Shapes, on: torch.device, dry: bool) -> list[Figure]:
     ids = ids.to(on)
     kwargs = {"max_new_tokens": shapes.gen_tokens, "min_new_tokens": shapes.gen_tokens, "do_sample": False,
               "pad_token_id": 0}
-    with torch.no_grad(), precision.autocast():
+    with precision.evaluation(model):
         model.generate(ids[:, :8], max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)  # warm-up
         if on.type == "cuda":
             torch.cuda.synchronize()

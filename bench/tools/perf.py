@@ -42,6 +42,7 @@ from bench.backbones.registry import enable_activation_checkpointing, load_backb
 from bench.config import TrainConfig
 from bench.engine.checkpoint import Checkpointer
 from bench.engine.data import IGNORE, Feature, StageData, Stream
+from bench.engine.host_memory import keep_freed_memory
 from bench.engine.precision import POLICIES, Precision
 from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
@@ -205,6 +206,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # as every run does (bench.run.execution)
     p = argparse.ArgumentParser(prog="python -m bench.tools.perf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="tiny-llama",
