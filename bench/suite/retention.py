@@ -91,8 +91,9 @@ def rows_per_forward(model: nn.Module, tokens: int, batch_size: int) -> int:
     """Windows per forward: at most ``batch_size``, and few enough that the fp32 logits stay
     within ``LOGITS_BUDGET`` values (at a 49k-256k vocabulary a batch of whole windows would
     allocate, convert and normalize gigabytes of logits at once)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    vocab = head.weight.shape[0] if head is not None else getattr(model.config, "vocab_size", 1)
+    output_embeddings = getattr(model, "get_output_embeddings", None)
+    head = output_embeddings() if callable(output_embeddings) else None
+    vocab = head.weight.shape[0] if head is not None else getattr(getattr(model, "config", None), "vocab_size", 1)
     return max(1, min(batch_size, LOGITS_BUDGET // max(1, tokens * vocab)))
 
 
