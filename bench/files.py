@@ -4,8 +4,10 @@ let one process at a time work on a folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,11 +27,33 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+class LockPathError(OSError):
+    """A lock path that is not a plain file of isobench's own (a symbolic link, a folder, a hard link)."""
+
+
+def _open_lock(path: Path):  # noqa: ANN202 - a text file object
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise LockPathError(f"lock {path} is not a plain file (a symbolic link or a folder?): isobench writes its "
+                                f"pid there and will not follow it; remove it and retry") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise LockPathError(f"lock {path} is not a plain file of its own (a device, a fifo or a hard link to another "
+                            f"file): isobench writes its pid there; remove it and retry")
+    return os.fdopen(fd, "r+")
+
+
 @contextlib.contextmanager
 def hold_lock(path: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
     """Hold the OS lock on ``path`` (released even when the process is killed) for the body,
-    with this process's pid in it; when another process holds it, raise ``busy(its pid)`` at once."""
-    with open(path, "a+") as f:
+    with this process's pid in it; when another process holds it, raise ``busy(its pid)`` at once.
+    The lock file is opened without following a symbolic link and must be a plain file with no
+    other name (``LockPathError`` otherwise), so a planted link never empties a file elsewhere."""
+    with _open_lock(path) as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

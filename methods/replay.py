@@ -3,8 +3,9 @@ step's rows is replaced by rows drawn from them (the rehearsal baseline of TRACE
 avalanche, in its simplest form).
 
 At each stage end, ``rows_per_stage`` of the stage's training rows are drawn (seeded by the run
-seed and the stage) into the buffer. From then on, in every step ``round(ratio * batch_size)``
-positions of the drawn batch, chosen at random, get a row drawn from the buffer; the batch size,
+seed and the stage) into the buffer. From then on, in every step ``max(1, round(ratio * batch_size))``
+positions of the drawn batch (at least one, so a small ratio at a small batch never silently replays
+nothing), chosen at random, get a row drawn from the buffer; the batch size,
 and so the compute per step, stays the same. The draws of step ``s`` are seeded by the run seed
 and ``s``, so every rank replaces the same rows and a resumed run replays what it would have.
 
@@ -59,7 +60,7 @@ class Replay(Method):
         if not self.buffer:
             return rows
         rng = random.Random(f"{self.seed}:{step}:replay")
-        count = round(self.config.ratio * len(rows))
+        count = max(1, round(self.config.ratio * len(rows)))  # a ratio that rounds to 0 still replays
         out = list(rows)
         for position in rng.sample(range(len(rows)), count):
             out[position] = self.buffer[rng.randrange(len(self.buffer))]

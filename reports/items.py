@@ -23,8 +23,10 @@ def final_record(run: Run, task: str) -> ItemRecord | None:
     return record(run, task, run.data.evaluation.stages[-1].stage)
 
 
-def standard_error(scores: Sequence[float]) -> float | None:
-    """Standard error of a mean over test items: sample std / sqrt(n); None for n < 2."""
+def standard_error(values: Sequence[float | None]) -> float | None:
+    """Standard error of a mean over test items: sample std / sqrt(n) over the scored items (an
+    unparsed judge reply has none); None for n < 2."""
+    scores = [x for x in values if x is not None]
     n = len(scores)
     if n < 2:
         return None
@@ -46,7 +48,7 @@ def final_error(runs: Sequence[Run], task: str) -> float | None:
     return mean_error([None if rec is None else standard_error(rec.scores) for rec in records])
 
 
-def binary(scores: Sequence[float]) -> bool:
+def binary(scores: Sequence[float | None]) -> bool:
     """Scores of a right-or-wrong metric (exact match, accuracy: 0 or 100 per item)."""
     return all(x in (0.0, 100.0) for x in scores)
 

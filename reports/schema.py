@@ -170,14 +170,15 @@ ITEMS = Path("evaluation") / "items.jsonl"  # a run folder's per-item records
 @dataclasses.dataclass
 class ItemRecord:
     """One task's test items at one evaluation of a run (``evaluation``: ``"base"`` or the stage
-    index): item ids, their scores on the task's scale (0-100 per item: 0 or 100 for exact match
-    and accuracy, ROUGE-L x 100 for open-ended tasks) and the gold answers' NLL (None when
-    ``eval.nll`` is off)."""
+    index): item ids, their scores on the stage score's scale, whose mean the stage score is (0 or
+    100 for exact match and accuracy, ROUGE-L F1 in 0-100 for open-ended tasks, the judge's 1-10
+    rating for a judged task, None for a reply the judge could not parse) and the gold answers' NLL
+    (None when ``eval.nll`` is off)."""
 
     evaluation: str | int
     task: str
     ids: list[int]
-    scores: list[float]
+    scores: list[float | None]
     nll: list[float | None]
 
 

@@ -27,7 +27,8 @@ RENAMED = {
 }
 # Keys that say where, on how many workers and how often to save, not what is computed: excluded
 # from the run id (N workers compute the micro-batches one process would, bench/engine/sharding.py).
-OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights", "train.workers")
+OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weights", "train.workers",
+               "train.rendezvous_timeout_s")
 # Keys added after results existed: left out of the run id while at these values (their
 # behaviour before the key existed), so an earlier study's cells keep their run ids.
 ADDED_LATER = {"tasks.groups": [], "tasks.num_groups": 3, "analysis.importance_drift": {},
@@ -101,6 +102,8 @@ class TrainConfig:
     workers: int = field(1, "processes (one GPU each, or CPU processes) that one run is sharded over with FSDP2, "
                             "started by Ray Train; the step's train.grad_accum micro-batches are dealt out to them, "
                             "so train.grad_accum must be a multiple of it", minimum=1)
+    rendezvous_timeout_s: int = field(120, "seconds the train.workers processes may take to join one process group "
+                                           "before the run fails, naming the address rank 0 waited on", minimum=1)
 
     def checkpoint_interval(self, on_gpu: bool) -> int:
         """``checkpoint_every`` with auto resolved: a long stage keeps checkpoints on a CPU too."""

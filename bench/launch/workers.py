@@ -12,6 +12,7 @@ no accelerator, and the trainer's workers ask for their own).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,30 @@ from bench.run import results as res
 def worker_resources(per_trial: dict[str, float], workers: int) -> dict[str, float]:
     """One worker's share of a trial's resources (Ray's upper-case keys)."""
     return {key.upper(): value / workers for key, value in per_trial.items() if value}
+
+
+class RendezvousTimeout(RuntimeError):
+    """The workers of a sharded run did not all join its process group in time."""
+
+
+RENDEZVOUS_SIGNS = ("waiting for clients", "while trying to connect to", "DistStoreError", "DistNetworkError")
+
+
+def rendezvous_failure(error: BaseException, workers: int, timeout_s: int, node_address: str) -> RendezvousTimeout | None:
+    """One clear error for a process-group setup that timed out (``None`` for any other error):
+    the address and port rank 0 waited on, how many workers arrived, and what to check."""
+    text = str(error)
+    if not any(sign in text for sign in RENDEZVOUS_SIGNS):
+        return None
+    where = re.search(r"connect to \(([^,]+), (\d+)\)", text) or re.search(r"host ([\w.:\[\]-]+):(\d+)", text)
+    joined = re.search(r"(\d+)/(\d+) clients joined", text)
+    at = f"{where.group(1)}:{where.group(2)}" if where else f"rank 0's node address ({node_address}), port not reported"
+    arrived = (f"{joined.group(1)} of {joined.group(2)} workers joined, {int(joined.group(2)) - int(joined.group(1))} "
+               f"did not arrive" if joined else f"a worker of {workers} could not reach rank 0")
+    return RendezvousTimeout(
+        f"the {workers} workers' process group was not set up within train.rendezvous_timeout_s = {timeout_s} s: "
+        f"rank 0 waited at {at}; {arrived}. Check the node address Ray chose ({node_address}) is reachable from "
+        f"every worker's machine, a firewall, and RAY_NODE_IP_ADDRESS or 'ray start --node-ip-address'")
 
 
 def worker_main(payload: dict[str, Any]) -> None:
@@ -60,15 +85,20 @@ def launch(config: RunConfig, per_trial: dict[str, float], *, force: bool = Fals
     trainer = TorchTrainer(
         worker_main, train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=share or None),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=config.train.rendezvous_timeout_s),
         run_config=RayRunConfig(name=f"{config.run_id}-{time.strftime('%Y%m%d-%H%M%S')}",
                                 storage_path=str((Path(config.results_dir) / config.study / ".ray").resolve())))
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - a worker died: recorded as the run's failure
+        import ray
+
         result = res.read_result(config.run_dir)
         if result is None or result.run.status == "running":
-            result = crash_result(config, e)
+            clear = rendezvous_failure(e, workers, config.train.rendezvous_timeout_s, ray.util.get_node_ip_address())
+            if clear is not None:
+                print(f"error: {config.run_id}: {clear}", flush=True)
+            result = crash_result(config, clear or e)
             res.write_result(config.run_dir, result)
         return result
     result = res.read_result(config.run_dir)

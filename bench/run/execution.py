@@ -59,16 +59,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any) -> dict[str, Any]:
+def cached_base_scores(config: RunConfig) -> dict[str, Any] | None:
+    """The cached base scores of ``config``'s backbone, or None when not measured yet."""
+    path = base_path(config)
+    if not path.is_file():
+        return None
+    cached = json.loads(path.read_text())
+    return {"scores": cached["scores"], "retention": cached.get("retention")}
+
+
+def base_scores(config: RunConfig, model: torch.nn.Module, tokenizer: Any, suite: Suite, judge: Any,
+                sharding: Sharding | None = None) -> dict[str, Any]:
     """Scores of the untrained backbone (with each task's ``items`` and the ``retention`` NLL),
     measured once per (backbone, tasks, eval) and cached under ``<study>/base/`` (the seed
-    matters only for random-init backbones)."""
-    path = base_path(config)
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        return {"scores": cached["scores"], "retention": cached.get("retention")}
+    matters only for random-init backbones). Sharded, rank 0 decides whether the cache holds
+    them, every rank takes part in the (sharded) evaluation, and rank 0 writes the cache."""
+    if sharding is None:
+        cached = cached_base_scores(config)
+    else:
+        cached = sharding.on_writer(lambda: cached_base_scores(config))
+    if cached is not None:
+        return cached
     measured = measure(config, model, tokenizer, suite, judge)
-    atomic_write(path, json.dumps({"key": json.loads(base_key(config)), **measured}, indent=2, sort_keys=True) + "\n")
+    if sharding is not None:
+        measured = sharding.from_writer(lambda: measured if sharding.writes else None)
+    if sharding is None or sharding.writes:
+        atomic_write(base_path(config), json.dumps({"key": json.loads(base_key(config)), **measured}, indent=2,
+                                                   sort_keys=True) + "\n")
     return measured
 
 
@@ -82,7 +99,7 @@ def split_measured(measured: dict[str, Any], evaluation: str | int,
                    suite: Suite) -> tuple[dict[str, Any], float | None, list[ItemRecord]]:
     """(scores without items, retention, item records) of one ``measure``."""
     scores = copy.deepcopy(measured["scores"])
-    records = res.item_records(evaluation, scores, {t.name: t for t in suite.tasks})
+    records = res.item_records(evaluation, scores)
     return scores, measured.get("retention"), records
 
 
@@ -339,7 +356,7 @@ def _execute(config: RunConfig, sharding: Sharding, precision: Precision, *, pro
         method = methods.build(config.method.name, config.method.options)
         if saved is None:
             with precision.evaluation(model), timed(timing, "base_s"):
-                measured = sharding.on_writer(lambda: base_scores(config, model, tokenizer, suite, judge))
+                measured = base_scores(config, model, tokenizer, suite, judge, sharding)
             evaluation.base, evaluation.retention_base, records = split_measured(measured, "base", suite)
             if sharding.writes:
                 res.add_item_records(config.run_dir, records)

@@ -27,17 +27,16 @@ def write_result(run_dir: Path, result: Result) -> None:
     atomic_write(run_dir / RESULT, result.to_json())
 
 
-def item_records(evaluation: str | int, scores: dict[str, dict[str, Any]], tasks: dict[str, Any]) -> list[ItemRecord]:
-    """Take each task's ``items`` out of ``scores`` (``evaluate(per_item=True)``) as records on
-    the task's scale (``tasks``: name -> task, for its metric and kind)."""
+def item_records(evaluation: str | int, scores: dict[str, dict[str, Any]]) -> list[ItemRecord]:
+    """Take each task's ``items`` out of ``scores`` (``evaluate(per_item=True)``, already on the
+    task's scale: 0-100, or the judge's 1-10) as records."""
     out = []
     for name, entry in scores.items():
         items = entry.pop("items", None)
         if items is None:
             continue
-        metric = tasks[name].metric.split(",")[0]  # "exact_match,none" in the results, "exact_match" per item
         out.append(ItemRecord(evaluation, name, [int(i["id"]) for i in items],
-                              [100.0 * float(i[metric]) for i in items],
+                              [None if i["score"] is None else float(i["score"]) for i in items],
                               [None if i.get("nll") is None else round(float(i["nll"]), 4) for i in items]))
     return out
 

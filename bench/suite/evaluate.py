@@ -98,12 +98,14 @@ def too_long(task: Any, rows: list[dict[str, Any]], tokenizer: PreTrainedTokeniz
                for r in rows)
 
 
-def item_values(samples: dict[str, list[dict[str, Any]]], task: str, nll: bool) -> list[dict[str, Any]]:
-    """Per test item of ``task``, in item order: its id, its score metric and its gold NLL."""
-    nlls = {s["doc_id"]: s.get("nll") for s in samples.get(f"iso_{task}_nll", [])} if nll else {}
+def item_values(samples: dict[str, list[dict[str, Any]]], task: Any, nll: bool) -> list[dict[str, Any]]:
+    """Per test item of ``task``, in item order: its id, its score on the task's 0-100 scale
+    (the same scale as the stage score, whose mean it is) and its gold NLL."""
+    nlls = {s["doc_id"]: s.get("nll") for s in samples.get(f"iso_{task.name}_nll", [])} if nll else {}
+    metric = task.metric.split(",")[0]  # "exact_match,none" in the results, "exact_match" per item
     out = []
-    for s in samples[f"iso_{task}"]:  # in item order: lm-eval's, and in a sharded run ``interleave``'s
-        out.append({"id": s["doc_id"], **{m: s[m] for m in s["metrics"]}, "nll": nlls.get(s["doc_id"])})
+    for s in samples[f"iso_{task.name}"]:  # in item order: lm-eval's, and in a sharded run ``interleave``'s
+        out.append({"id": s["doc_id"], "score": task.points(s[metric]), "nll": nlls.get(s["doc_id"])})
     return out
 
 
@@ -142,13 +144,13 @@ def evaluate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, suite: Suite,
     for task in suite.tasks:
         r = results[f"iso_{task.name}"]
         nll = results.get(f"iso_{task.name}_nll", {}).get("nll,none")
-        scores[task.name] = {"score": 100.0 * float(r[task.metric]) if task.kind != "open" else float(r[task.metric]),
+        scores[task.name] = {"score": task.points(r[task.metric]),
                              "nll": float(nll) if nll is not None else None, "scorer": task.scorer}
         cut = too_long(task, suite.test[task.name][:config.limit], tokenizer, max_length)
         if cut:
             scores[task.name]["truncated_items"] = cut
         if per_item:
-            scores[task.name]["items"] = item_values(out["samples"], task.name, config.nll)
+            scores[task.name]["items"] = item_values(out["samples"], task, config.nll)
     for task in judged:
         samples = out["samples"][f"iso_{task.name}"]
         verdict = judge_answers(judge, [s["doc"]["prompt"] for s in samples],
@@ -156,5 +158,9 @@ def evaluate(model: nn.Module, tokenizer: PreTrainedTokenizerBase, suite: Suite,
         scores[task.name].update(rougeL=scores[task.name]["score"], score=verdict["score"],
                                  scorer=f"judge {verdict['judge']} (1-10)", judge_parsed=verdict["parsed"],
                                  judge_unparsed=verdict["unparsed"])
+        if per_item:  # a judged task's items are the judge's own ratings (None: a reply it could not parse)
+            ratings = dict(zip((s["doc_id"] for s in samples), verdict["ratings"]))
+            for item in scores[task.name]["items"]:
+                item["score"] = ratings[item["id"]]
     model.train(was_training)
     return scores

@@ -217,9 +217,10 @@ def build_judge(config: dict[str, Any]) -> Judge:
 
 
 def judge_answers(judge: Judge, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
-    """Mean rating over the parsed replies, with counts of parsed and unparsed replies."""
+    """Mean rating over the parsed replies, with counts of parsed and unparsed replies, and each
+    answer's rating in order (None where the reply could not be parsed)."""
     replies = judge.replies([judge_prompt(q, a) for q, a in zip(questions, answers)])
     ratings = [parse_rating(r) for r in replies]
     parsed = [r for r in ratings if r is not None]
     return {"score": sum(parsed) / len(parsed) if parsed else None, "parsed": len(parsed),
-            "unparsed": len(ratings) - len(parsed), "judge": judge.name}
+            "unparsed": len(ratings) - len(parsed), "judge": judge.name, "ratings": ratings}

@@ -45,6 +45,11 @@ class Task:
         """lm-eval's result key for the score, e.g. ``exact_match,none``."""
         return ",".join(METRIC[self.kind])
 
+    def points(self, value: float) -> float:
+        """lm-eval's value of the score metric on the task's documented 0-100 scale: exact match
+        and accuracy are fractions (x 100), ROUGE-L is already 0-100 (``scoring.rouge_l_f1``)."""
+        return float(value) if self.kind == "open" else 100.0 * float(value)
+
     @property
     def scorer(self) -> str:
         return SCORER[self.kind]
