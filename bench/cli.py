@@ -96,12 +96,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config.train.workers > 1:
         print(f"sharded over {config.train.workers} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}",
               file=sys.stderr)
+    from bench.files import ForeignPath, LockPathError
     from bench.run.execution import RunBusy
 
     try:
         result = run_cell(config, resources(config, alone=True), force=args.force, restart=args.restart,
                           own_session=True)
-    except RunBusy as e:
+    except (RunBusy, ForeignPath, LockPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     error = result.run.error

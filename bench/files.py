@@ -7,24 +7,57 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """This process's umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename; the temp file never outlives a
-    failed write (e.g. a full disk)."""
+    failed write (e.g. a full disk). The file gets the permissions the umask gives a new file
+    (mkstemp's 0600 would hide results from the other users of a shared results folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class ForeignPath(OSError):
+    """A path isobench writes and deletes inside its own folders that is a symbolic link to elsewhere."""
+
+
+def refuse_links(folder: Path, names: tuple[str, ...]) -> None:
+    """Raise ``ForeignPath`` when ``folder`` holds one of ``names`` as a symbolic link: isobench
+    writes and deletes inside these, and would otherwise do it in the link's target."""
+    for name in names:
+        path = folder / name
+        if path.is_symlink():
+            raise ForeignPath(f"{path} is a symbolic link (to {os.readlink(path)}): isobench writes and deletes inside "
+                              f"it and will not do that through a link; remove the link and retry")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete the folder ``path`` and what is in it, never following a symbolic link (a link is
+    removed itself, its target left alone)."""
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 class LockPathError(OSError):

@@ -6,6 +6,7 @@ loader), the grid manifest (``grid.json``, the cells that should exist) and each
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ def read_manifest(study_dir: Path) -> dict[str, Any]:
 
 
 RESOLVED_PRECISION = "precision"  # the variant key of the policy a run's precision resolved to
+DATA_VERSION = "data"  # the variant key of the content hashes of a run's local task sources
+
+
+def data_version(result: Result) -> str:
+    """Short hash of the content of every local task source a run read ("" for generated and hub
+    data, which carry no file hash)."""
+    digests = {t: rows.get("source_sha256") for t, rows in sorted(result.evaluation.data_rows.items())
+               if rows.get("source_sha256")}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:8] if digests else ""
 
 # Keys that differ between runs pooled as seeds of one row, or that never change a result.
 NOT_A_VARIANT = {"seed", "results_dir", "study", "train.checkpoint_every", "train.keep_final_weights"}
@@ -136,6 +146,12 @@ def label_variants(runs: list[Run]) -> list[Run]:
         if len({v for v in resolved.values() if v}) > 1:
             for run_id, policy in resolved.items():
                 flat[run_id][RESOLVED_PRECISION] = json.dumps(policy)
+        # runs measured on different contents of one source (a rewritten file, a moved link) are
+        # other test sets: never pooled as seeds, each labelled with its data's hash
+        versions = {r.run_id: data_version(r.result) for r in group if r.result is not None}
+        if len(set(versions.values())) > 1:
+            for run_id, version in versions.items():
+                flat[run_id][DATA_VERSION] = json.dumps(version or "generated")
         keys = sorted({k for f in flat.values() for k in f})
         differing = [k for k in keys if len({f.get(k) for f in flat.values() if f}) > 1]
         for r in group:

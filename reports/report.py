@@ -6,11 +6,14 @@ nor ray, so it runs wherever the result files are.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from reports.analysis_tables import conflict_table, drift_table
@@ -46,7 +49,68 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-MARK = ".isobench-report"  # in every folder a report wrote: a later report may replace it
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+MARK = ".isobench-report"  # in every folder a report wrote: the files it wrote, which a later report replaces
+MARK_HEADER = "written by isobench report; a later report replaces the files listed below and keeps any other\n"
+LOCK_WAIT_S = 300.0  # how long a report waits for another report of the same folder to finish
+
+
+def written_files(folder: Path) -> set[str] | None:
+    """The files (relative paths) that the report which wrote ``folder`` listed in its mark;
+    None for a mark of an earlier version, which lists none."""
+    lines = (folder / MARK).read_text().splitlines() if (folder / MARK).is_file() else []
+    return {line for line in lines[1:] if line.strip()} if len(lines) > 1 else None
+
+
+def files_in(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if (p.is_file() or p.is_symlink())
+            and p.name != MARK}
+
+
+def keep_others(old: Path, new: Path, listed: set[str] | None) -> list[str]:
+    """Move into ``new`` every file of ``old`` that no report wrote (not in ``listed``; with an
+    earlier mark that lists nothing, every file this report does not write again): a user's
+    notes or LaTeX beside the tables survive. Returns their names."""
+    written_now = files_in(new)
+    kept = []
+    for name in sorted(files_in(old)):
+        if (name in listed) if listed is not None else (name in written_now):
+            continue
+        if name in written_now:
+            raise ReportRefused(f"{old / name}: a file this report writes, but no isobench report wrote it there; "
+                                f"move it elsewhere and rerun")
+        (new / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(old / name, new / name)
+        kept.append(name)
+    return kept
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """One report at a time per output folder (another waits up to ``LOCK_WAIT_S``), so two
+    reports never remove each other's half-built folders."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ReportRefused(f"{out}: another isobench report has been writing it for over "
+                                        f"{LOCK_WAIT_S:.0f} s; wait for it, then rerun") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ReportRefused(ValueError):
@@ -65,8 +129,9 @@ def check_names(given: Sequence[str] | None, known: Sequence[str], option: str, 
 
 
 def check_out(out: Path, study_dir: Path, default: bool) -> None:
-    """A report replaces ``out`` whole, so ``out`` must be new, empty, marked as written by a
-    report, or the study's own ``tables/``; never the study or a folder that contains it."""
+    """A report replaces the files it wrote in ``out``, so ``out`` must be new, empty, marked as
+    written by a report, or the study's own ``tables/``; never the study or a folder that
+    contains it. Files a report did not write are kept (``keep_others``)."""
     study, target = study_dir.resolve(), out.resolve()
     if target == study or study.is_relative_to(target):
         raise ReportRefused(f"--out {out}: {'is' if target == study else 'contains'} the study {study_dir}; a report "
@@ -93,7 +158,8 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     report wrote; ``check_out``) and return the main table(s) as Markdown for the terminal.
     Tables are written into a folder beside it and swapped in only when all are done: a failed
     report leaves the previous tables as they were, and the next report removes what a killed
-    one left behind."""
+    one left behind. Files in the folder that no report wrote move into the new one and are
+    named; the mark lists what this report wrote."""
     study_dir = Path(study_dir)
     runs = load_study(study_dir)
     if not runs:
@@ -103,21 +169,26 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     check_names(methods, sorted({r.method for r in runs}), "--methods", study_dir)
     out = Path(out_dir).expanduser() if out_dir is not None else study_dir / "tables"
     check_out(out, study_dir, default=out_dir is None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
-        text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging)
-        write(staging / MARK, "written by isobench report; a later report replaces this folder whole\n")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with folder_lock(out):
+        clean_leftovers(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        try:
+            text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging)
+            written = sorted(files_in(staging))
+            kept = keep_others(out, staging, written_files(out)) if out.is_dir() else []
+            write(staging / MARK, MARK_HEADER + "".join(f"{name}\n" for name in written))
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the tables from the group
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / out.name)
+                os.replace(staging, out)
+                shutil.rmtree(old)
+            else:
+                os.replace(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if kept:
+        text += f"\nkept in {out} (not written by a report): {', '.join(kept)}\n"
     return text.replace(str(staging), str(out))
 
 

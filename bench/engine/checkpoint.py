@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from bench.engine.sharding import Sharding
+from bench.files import remove_tree
 
 CHECKPOINT_DIR = "checkpoint"
 STATE = "state.pt"
@@ -94,7 +95,7 @@ class Checkpointer:
             os.replace(tmp, self.folder / "latest")
             for old in self.folder.glob("step-*"):
                 if old.name != f"step-{step}":
-                    _remove(old)
+                    remove_tree(old)
 
     def after_step(self, trainer: Any) -> None:
         """Called by the trainer after every optimizer step."""
@@ -164,8 +165,8 @@ class Checkpointer:
 
     def discard(self) -> None:
         """Delete the checkpoint (rank 0's job in a sharded run; the others wait for it)."""
-        if self.sharding.writes and self.folder.is_dir():
-            _remove(self.folder)
+        if self.sharding.writes:
+            remove_tree(self.folder)
         self.sharding.barrier()
 
 
@@ -176,12 +177,6 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _remove(folder: Path) -> None:
-    for path in folder.iterdir():
-        _remove(path) if path.is_dir() else path.unlink()
-    folder.rmdir()
 
 
 def inject_fault(step: int, first_step: int) -> None:

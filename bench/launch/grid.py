@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -129,9 +130,17 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     for backbone in sorted({c.backbone.name for c in todo}):
         prepare_backbone(backbone)
     firsts = {base_key(c): c for c in reversed(todo)}
-    for cell in firsts.values():  # once per backbone (and seed of a random-init one), before any trial
+    for key, cell in firsts.items():  # once per backbone (and seed of a random-init one), before any trial
         print(f"[grid] base scores of {cell.backbone.name}", file=sys.stderr, flush=True)
-        ensure_base_scores(cell)
+        try:
+            ensure_base_scores(cell)
+        except Exception as e:  # noqa: BLE001 - the cells that need them fail; the others run
+            print(f"error: base scores of {cell.backbone.name}: {type(e).__name__}: {e}", file=sys.stderr)
+            for c in [c for c in todo if base_key(c) == key]:
+                _record_crash(c, e)
+            todo = [c for c in todo if base_key(c) != key]
+    if not todo:
+        return {**counts, **summarize(grid), "unfinished": 0}
     per_trial = {c.run_id: resources(c, grid.spec.resources) for c in todo}
     estimate = sum(c.total_h for c in plan_costs(todo, assume)[:len(todo)])
 
@@ -140,6 +149,8 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
         return DRIVER if cell.train.workers > 1 else per_trial[cell.run_id]
 
     progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
+    by_id = {c.run_id: c for c in todo}  # built before fit(): a trial killed before its first report has no config
+    errors: dict[str, str | None] = {}  # run id -> trial path, from Tune's callback
 
     class Callback(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN202
@@ -152,7 +163,9 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
             progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
-            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=True)
+            run_id = from_dict(RunConfig, trial.config["cell"], "<cell>").run_id
+            errors[run_id] = trial.path
+            progress.finished(run_id, failed=True)
 
     cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
     with ray_session(study_dir, address, verbose):
@@ -169,15 +182,16 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
                                       failure_config=tune.FailureConfig(max_failures=grid.spec.max_failures)),
         )
         outcome = tuner.fit()
-        for r in outcome:
-            if r.error is not None:
-                cell = from_dict(RunConfig, r.config["cell"], "<grid cell>")
-                if cell_status(cell) != "failed":
-                    try:
-                        _record_crash(cell, r.error)
-                    except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
-                        print(f"[grid] {cell.run_id} failed ({type(r.error).__name__}: {str(r.error)[-300:]}) and its "
-                              f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
+        by_path = {str(r.path): r.error for r in outcome if r.error is not None}
+        for run_id, path in errors.items():
+            cell, error = by_id[run_id], by_path.get(str(path)) or RuntimeError("the trial ended with an error")
+            if cell_status(cell) in ("failed", "success"):
+                continue
+            try:
+                _record_crash(cell, error)
+            except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
+                print(f"[grid] {cell.run_id} failed ({type(error).__name__}: {str(error)[-300:]}) and its "
+                      f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
     # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
     unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
@@ -191,7 +205,30 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
 
 def _failed(config: RunConfig, error: BaseException) -> res.Result:
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    return crash_result(config, error)
+    return crash_result(config, worker_death(error))
+
+
+def worker_death(error: BaseException) -> BaseException:
+    """Ray's error for a trial whose process died, as the cell's failure: ``OutOfMemory`` when
+    Ray's memory monitor killed it (with the memory figures Ray reports), ``WorkerDied`` for any
+    other process death; other errors as they are."""
+    text = f"{type(error).__name__}: {error}"
+    if "OutOfMemoryError" in text or "memory monitor" in text.lower() or "killed due to memory" in text.lower():
+        figures = re.findall(r"[^.\n]*(?:memory used|Memory on the node|used=|threshold)[^.\n]*", text)
+        return OutOfMemory("Ray's memory monitor killed the trial" + (": " + "; ".join(f.strip() for f in figures[:2])
+                                                                       if figures else ""))
+    if any(sign in text for sign in ("WorkerCrashedError", "ActorDiedError", "RayActorError", "died unexpectedly",
+                                     "SYSTEM_ERROR")):
+        return WorkerDied(f"the trial's process died without writing its result ({text[-500:]})")
+    return error
+
+
+class OutOfMemory(RuntimeError):
+    """Ray's memory monitor killed the trial's process."""
+
+
+class WorkerDied(RuntimeError):
+    """The trial's process died without writing a result."""
 
 
 def _record_crash(config: RunConfig, error: BaseException) -> None:

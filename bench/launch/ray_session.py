@@ -5,7 +5,8 @@ a killed driver left there; ``ray_session`` is both as a context manager.
 Who may use the cluster:
 
 - A local session keeps Ray's token authentication on. It generates a token for the session,
-  writes it owner-only (0600) into the session's temp folder (itself 0700, owned by this user),
+  writes it owner-only (0600) into a folder of the session's temp folder (0700, owned by this
+  user; Ray opens the temp folder itself to every user),
   points ``RAY_AUTH_TOKEN_PATH`` at it so that the raylet, the workers and this driver present
   it, and removes it with the folder when the session ends. The user's ``~/.ray`` is not touched.
   Ray 2.60's GCS server, raylets and workers still listen on every interface (``ray.init``'s
@@ -18,7 +19,8 @@ Who may use the cluster:
   is rank 0's node address), then never depend on the external address being reachable from itself.
 - Joining a cluster (``--address`` / ``RAY_ADDRESS``) respects its setting: the token comes from
   ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH`` / ``~/.ray/auth_token`` as Ray reads it; with
-  ``RAY_AUTH_MODE=disabled`` one warning line says that the cluster is open.
+  authentication switched off there (``NO_AUTH``), one warning line says that
+  the cluster is open.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-TOKEN_FILE = "auth_token"
+TOKEN_FILE = "auth/token"  # in a 0700 folder of its own: Ray makes its temp folder 0777 for other users
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch for a cluster of one machine
 SESSION_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", SINGLE_MACHINE_ENV)
-OPEN_CLUSTER_WARNING = ("[ray] warning: RAY_AUTH_MODE=disabled: this Ray cluster has no authentication, so anyone "
-                        "who can reach its ports can run code on it as its user")
+NO_AUTH = "disabled"  # the value of Ray's auth-mode variable that switches authentication off
+OPEN_CLUSTER_WARNING = ("[ray] warning: authentication is switched off for this Ray cluster (auth mode "
+                        f"{NO_AUTH!r}): anyone who can reach its ports can run code on it as its user")
 
 
 def ray_temp_dir(study_dir: Path) -> Path:
@@ -80,7 +83,8 @@ def private_dir(path: Path) -> Path:
 
 def write_token(temp_dir: Path) -> Path:
     """A fresh random token for this session, owner-only, in the session's private temp folder."""
-    path = private_dir(temp_dir) / TOKEN_FILE
+    private_dir(temp_dir)
+    path = private_dir(temp_dir / Path(TOKEN_FILE).parent) / Path(TOKEN_FILE).name
     path.unlink(missing_ok=True)  # a killed session's token: never reused
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "w") as f:
@@ -120,7 +124,7 @@ def start_ray(study_dir: Path, address: str | None, verbose: bool) -> Path:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     quiet = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == NO_AUTH:
             print(OPEN_CLUSTER_WARNING, file=sys.stderr)
         ray.init(address=address, **quiet)
         return temp_dir

@@ -31,7 +31,7 @@ import methods
 from bench import analysis
 from bench.backbones.registry import device, enable_activation_checkpointing, load_backbone, resolve
 from bench.config import RunConfig, to_dict
-from bench.engine.checkpoint import Checkpointer
+from bench.engine.checkpoint import CHECKPOINT_DIR, Checkpointer
 from bench.engine.data import Feature, StageData, Stream, encode
 from bench.engine.host_memory import keep_freed_memory
 from bench.engine.precision import Precision
@@ -39,7 +39,8 @@ from bench.engine.run_log import RunLog
 from bench.engine.sentinel import LostUpdateSentinel
 from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
-from bench.files import atomic_write, hold_lock
+from bench.engine.run_log import EVENTS_DIR
+from bench.files import atomic_write, hold_lock, refuse_links
 from bench.run import results as res
 from bench.run.memory_plan import state_per_parameter
 from bench.run.regimes import regime_plan, stages
@@ -49,9 +50,11 @@ from bench.suite.retention import retention
 from bench.suite.tasks import Suite, build_suite, source_digests
 from bench.suite.tasks.lm_eval_files import FORMAT_VERSION
 from methods.base import StagePlan
-from reports.schema import ErrorInfo, Evaluation, ItemRecord, Result, RunInfo, StageResult, TrainInfo
+from reports.schema import ITEMS, ErrorInfo, Evaluation, ItemRecord, Result, RunInfo, StageResult, TrainInfo
 
 RUN_LOCK = ".run.lock"
+# The folders a run writes and deletes in: never through a symbolic link (``refuse_links``).
+RUN_FOLDERS = (CHECKPOINT_DIR, EVENTS_DIR, str(ITEMS.parent), "final")
 
 
 def seed_everything(seed: int) -> None:
@@ -303,6 +306,7 @@ def execute(config: RunConfig, *, progress: bool = True, force: bool = False, re
     if not force and (previous := done_result(config)) is not None:
         return previous  # without waiting for the lock of a run that may be going on
     run_dir.mkdir(parents=True, exist_ok=True)
+    refuse_links(run_dir, RUN_FOLDERS)
     precision = Precision.from_config(config.train.precision, device())
     sharding = Sharding(precision.device, workers=config.train.workers)  # Ray Train started the process group
     with run_lock(run_dir) if sharding.writes else contextlib.nullcontext():

@@ -10,13 +10,17 @@ are counted as unparsed and reported, never silently dropped or guessed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.client
 import json
 import os
 import re
+import socket
+import threading
 import time
 import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -136,13 +140,6 @@ class JudgeError(RuntimeError):
     """The judge could not answer; the message names the judge and its URL."""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A judge's reply is its own: a redirect (which would carry the key to another host) is an error."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201, PLR0913
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
-
-
 class OpenAIJudge:
     """Any OpenAI-compatible ``/chat/completions`` endpoint, temperature 0.
 
@@ -163,20 +160,50 @@ class OpenAIJudge:
         if api_key_env and not self.key:
             raise ValueError(f"judge: environment variable {api_key_env} (eval.judge.api_key_env) is not set")
         self.name = f"openai:{model}"
-        self.opener = urllib.request.build_opener(_NoRedirect)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"judge: eval.judge.base_url = {base_url!r}: allowed: an http:// or https:// URL")
+        self.parts = parts
 
     def _post(self, body: bytes) -> bytes:
-        """One request within the deadline: the reply's bytes."""
+        """One request within one deadline over connecting, the status line, the headers and the
+        body: when it passes, a watchdog shuts the socket down, so no read can wait past it."""
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.key}"} if self.key else {})}
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         deadline = time.monotonic() + self.timeout_s
-        with self.opener.open(request, timeout=self.timeout_s) as response:  # noqa: S310 - the configured URL
-            chunks = []
-            while chunk := response.read1(1 << 16):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the reply took longer than timeout_s = {self.timeout_s:g} s")
-            return b"".join(chunks)
+        kind = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(self.parts.hostname, self.parts.port, timeout=self.timeout_s)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            with contextlib.suppress(OSError):
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.timeout_s, expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.connect()
+            path = self.parts.path + (f"?{self.parts.query}" if self.parts.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as e:
+            if expired.is_set() or time.monotonic() >= deadline:
+                raise TimeoutError(f"the reply took longer than timeout_s = {self.timeout_s:g} s") from None
+            raise ConnectionError(f"{type(e).__name__}: {e}") from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if expired.is_set():
+            raise TimeoutError(f"the reply took longer than timeout_s = {self.timeout_s:g} s")
+        if 300 <= response.status < 400:  # a redirect would carry the key to another host: refused
+            raise urllib.error.HTTPError(self.url, response.status, f"redirect to {response.getheader('Location')} "
+                                         "refused", response.headers, None)
+        if response.status >= 400:
+            raise urllib.error.HTTPError(self.url, response.status, response.reason, response.headers, None)
+        return data
 
     def ask(self, prompt: str) -> str:
         """The judge's reply to one prompt, with retries; ``JudgeError`` when it cannot be had."""

@@ -1,0 +1,247 @@
+"""Nobody else gets in, nothing hangs in silence, nothing is deleted that isobench did not write:
+Ray's token authentication and loopback, a bounded rendezvous with a clear message, locks and
+folders that are links, a judge that trickles, reports that keep a user's files and never pool
+two data versions, item scores on the stage score's scale, and permissions that follow the umask."""
+
+from __future__ import annotations
+
+import datetime
+import http.server
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_reports import study  # noqa: F401 - the fixture of a small fake study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_local_ray_session_refuses_a_client_without_its_token(tmp_path):
+    """A second process that joins the session's GCS with a wrong token is refused; with the
+    session's token it joins (so the refusal is the token's doing). The token is owner-only,
+    the cluster is on loopback, and both are gone with the session."""
+    import ray
+
+    from bench.launch.ray_session import TOKEN_FILE, ray_session, ray_temp_dir
+
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    token = ray_temp_dir(study_dir) / TOKEN_FILE
+    code = ("import ray, sys\nray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
+            "print('JOINED', ray.cluster_resources().get('CPU'))\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    base["HOME"] = str(tmp_path / "home")  # no ~/.ray/auth_token to fall back on
+    base["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # a client on loopback, as the session's own processes
+    with ray_session(study_dir, None):
+        gcs = ray.get_runtime_context().gcs_address
+        assert gcs.startswith("127.0.0.1:"), gcs
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600
+        assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
+        wrong = subprocess.run([sys.executable, "-c", code, gcs], capture_output=True, text=True, timeout=120,
+                               env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})
+        right = subprocess.run([sys.executable, "-c", code, gcs], capture_output=True, text=True, timeout=120,
+                               env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+    assert wrong.returncode != 0 and "JOINED" not in wrong.stdout, wrong.stdout + wrong.stderr
+    assert right.returncode == 0 and "JOINED" in right.stdout, right.stdout + right.stderr
+    assert not token.exists() and not token.parent.exists()
+    assert os.environ.get("RAY_AUTH_MODE") != "disabled"
+
+
+def test_no_code_or_ci_switches_ray_authentication_off():
+    hits = subprocess.run(["grep", "-rn", "RAY_AUTH_MODE.*disabled", "bench", "tests", ".ci/run"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert [line for line in hits.splitlines() if "test_closed_door.py" not in line] == []
+
+
+def _rendezvous_error(rank: int, port: int) -> BaseException:
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                timeout=datetime.timedelta(seconds=2))
+    except Exception as e:  # noqa: BLE001 - the error under test
+        return e
+    dist.destroy_process_group()
+    raise AssertionError("a 2-process group formed with one process")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens on it once closed
+
+
+def test_a_rendezvous_that_cannot_form_fails_within_its_timeout_naming_the_address():
+    """A real gloo rendezvous at a closed loopback port, as a worker (rank 1) and as rank 0 whose
+    peer never comes: torch gives up within the timeout, and the run's error names the address,
+    the workers that did not arrive, the timeout key and what to check."""
+    from bench.launch.workers import rendezvous_failure
+
+    port = closed_port()
+    start = time.monotonic()
+    worker = _rendezvous_error(1, port)
+    assert time.monotonic() - start < 30
+    message = str(rendezvous_failure(worker, 2, 2, "10.1.2.3"))
+    assert f"127.0.0.1:{port}" in message and "train.rendezvous_timeout_s = 2" in message
+    assert "RAY_NODE_IP_ADDRESS" in message and "10.1.2.3" in message
+    alone = _rendezvous_error(0, closed_port())
+    message = str(rendezvous_failure(alone, 2, 2, "10.1.2.3"))
+    assert "1 of 2 workers joined, 1 did not arrive" in message
+    assert rendezvous_failure(ValueError("a shape mismatch"), 2, 2, "x") is None
+
+
+def test_a_lock_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    from bench.files import LockPathError, hold_lock
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    (tmp_path / ".run.lock").symlink_to(notes)
+    with pytest.raises(LockPathError, match="not a plain file"):
+        with hold_lock(tmp_path / ".run.lock", RuntimeError):
+            pass
+    (tmp_path / "hard.lock").hardlink_to(notes)
+    with pytest.raises(LockPathError, match="hard link"):
+        with hold_lock(tmp_path / "hard.lock", RuntimeError):
+            pass
+    assert notes.read_text() == "my notes"
+    with hold_lock(tmp_path / "own.lock", RuntimeError):  # a plain lock still works
+        assert (tmp_path / "own.lock").read_text() == str(os.getpid())
+
+
+def test_a_run_refuses_a_checkpoint_folder_that_is_a_link_and_deletes_nothing_through_one(tmp_path):
+    from bench.config import RunConfig, from_dict
+    from bench.engine.checkpoint import Checkpointer
+    from bench.files import ForeignPath, remove_tree
+    from bench.run.execution import execute
+
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "thesis.tex").write_text("x")
+    config = from_dict(RunConfig, {"results_dir": str(tmp_path / "results"), "study": "s"}, "<test>")
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / "checkpoint").symlink_to(precious)
+    with pytest.raises(ForeignPath, match="symbolic link"):
+        execute(config, progress=False)
+    Checkpointer(config.run_dir, "h", 1, dict).discard()  # removes the link, never what it points to
+    assert not (config.run_dir / "checkpoint").exists() and (precious / "sub" / "thesis.tex").is_file()
+    (tmp_path / "link").symlink_to(precious)
+    remove_tree(tmp_path / "link")
+    assert (precious / "sub" / "thesis.tex").is_file()
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_judge_that_trickles_its_headers_is_cut_off_at_the_deadline():
+    from bench.suite.judge import JudgeError, OpenAIJudge
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    judge = OpenAIJudge(f"http://127.0.0.1:{server.server_address[1]}/v1", "m", timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(JudgeError, match="longer than timeout_s = 1"):
+        judge.ask("rate this")
+    assert time.monotonic() - start < 5
+    server.shutdown()
+
+
+def test_the_report_never_pools_runs_measured_on_different_data(study):  # noqa: F811
+    from reports.report import report
+
+    for seed, digest in ((0, "a" * 64), (1, "b" * 64)):
+        path = study / f"full_sft-s{seed}" / "result.json"
+        data = json.loads(path.read_text())
+        data["evaluation"]["data_rows"] = {"a": {"train": 8, "test": 4, "source_sha256": digest}}
+        path.write_text(json.dumps(data))
+    printed = report(study)
+    main = printed.split("\n\n## ")[0]  # the first table of the summary
+    rows = [line for line in printed.splitlines() if "| full_sft (data=" in line]
+    assert len({r.split("|")[2] for r in rows}) == 2, printed
+    assert not any("| full_sft " in line and "2/2" in line for line in main.splitlines()), main
+
+
+def test_the_report_keeps_files_it_did_not_write(study, tmp_path):  # noqa: F811
+    from reports.report import MARK, report
+
+    report(study)
+    tables = study / "tables"
+    (tables / "NOTES.md").write_text("mine")
+    (tables / "tex").mkdir()
+    (tables / "tex" / "paper.tex").write_text("mine too")
+    printed = report(study)
+    assert (tables / "NOTES.md").read_text() == "mine" and (tables / "tex" / "paper.tex").read_text() == "mine too"
+    assert "NOTES.md" in printed and "NOTES.md" not in (tables / MARK).read_text()
+    out = tmp_path / "out"
+    report(study, out_dir=out)
+    (out / "NOTES.md").write_text("kept")
+    report(study, out_dir=out)
+    assert (out / "NOTES.md").read_text() == "kept"
+
+
+def test_concurrent_reports_of_one_study_all_succeed(study):  # noqa: F811
+    code = "import sys; from reports.report import report; report(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(study)], cwd=ROOT, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+
+
+def test_results_and_tables_follow_the_umask(study, tmp_path):  # noqa: F811
+    from bench.files import atomic_write
+    from reports.report import report
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "result.json", "{}")
+        report(study)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((study / "tables").stat().st_mode) == 0o755
+
+
+def test_replay_at_a_ratio_that_rounds_to_zero_still_replays_a_row():
+    import methods
+
+    replay = methods.build("replay", {"ratio": 0.1})
+    replay.buffer = [([9], [9])]
+    rows = [([1], [1]), ([2], [2])]
+    out = replay.rows(3, rows)
+    assert sum(r == ([9], [9]) for r in out) == 1 and len(out) == 2
+
+
+@pytest.mark.parametrize("kind, metric, values", [("generate", "exact_match", [1.0, 0.0, 1.0]), ("gsm8k", "exact_match", [0.0, 0.0, 1.0]),
+                                                  ("choice", "acc", [0.0, 1.0, 1.0]),
+                                                  ("open", "rougeL", [100.0, 66.66666, 12.5])])
+def test_item_scores_are_on_the_stage_scores_scale_for_every_scorer(kind, metric, values):
+    """Per-item scores average to the stage score (0-100) for exact match, accuracy and ROUGE-L."""
+    from bench.run.results import item_records
+    from bench.suite.evaluate import item_values
+    from bench.suite.tasks import TASKS
+
+    task = next(TASKS.get(n) for n in TASKS.names() if TASKS.get(n).kind == kind)
+    samples = {f"iso_{task.name}": [{"doc_id": i, metric: v, "metrics": [metric]} for i, v in enumerate(values)]}
+    stage_score = task.points(sum(values) / len(values))  # lm-eval's mean, on the task's scale
+    scores = {task.name: {"score": stage_score, "items": item_values(samples, task, nll=False)}}
+    [record] = item_records(0, scores)
+    assert max(record.scores) <= 100.0
+    assert sum(record.scores) / len(record.scores) == pytest.approx(stage_score)
