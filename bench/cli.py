@@ -120,10 +120,10 @@ def assumptions(args: argparse.Namespace) -> Any:
     from bench.run.cost_plan import Assumptions
 
     for name in ("assume_mfu", "assume_eval_mfu"):
-        if not 0 < getattr(args, name) <= 1:
+        if not 0 < getattr(args, name) <= 1:  # also false for nan
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: allowed: a fraction in (0, 1]")
-    if args.device_flops <= 0:
-        raise ValueError(f"--device-flops {args.device_flops}: allowed: > 0")
+    if not (0 < args.device_flops < float("inf")):  # nan and inf would make every cost nan or 0
+        raise ValueError(f"--device-flops {args.device_flops}: allowed: a finite number > 0")
     return Assumptions(args.assume_mfu, args.assume_eval_mfu, args.device_flops)
 
 
@@ -279,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("methods", help="list registered methods and their options")
     p.set_defaults(fn=cmd_methods)
     args = parser.parse_args(argv)
+    if args.command in ("run", "grid"):  # before any config or model loads
+        from bench.config import ConfigError
+        from bench.engine.precision import check_cpu_bf16_setting
+
+        try:
+            check_cpu_bf16_setting()
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return args.fn(args)
 
 

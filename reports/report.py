@@ -95,8 +95,7 @@ def folder_lock(out: Path) -> Iterator[None]:
     """One report at a time per output folder (another waits up to ``LOCK_WAIT_S``), so two
     reports never remove each other's half-built folders."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = out.parent / f".{out.name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = os.open(out.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # the folder itself: no lock file left
     try:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:

@@ -245,3 +245,76 @@ def test_item_scores_are_on_the_stage_scores_scale_for_every_scorer(kind, metric
     [record] = item_records(0, scores)
     assert max(record.scores) <= 100.0
     assert sum(record.scores) / len(record.scores) == pytest.approx(stage_score)
+
+
+def test_weak_inputs_get_an_error_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    grid = str(ROOT / "configs" / "smoke.toml")
+    for flops in ("nan", "inf"):
+        assert main(["grid", grid, "--dry-run", "--device-flops", flops]) == 2
+        assert f"--device-flops {flops}: allowed: a finite number > 0" in capsys.readouterr().err
+    monkeypatch.setenv("ISOBENCH_CPU_BF16", "yes")
+    assert main(["grid", grid, "--dry-run"]) == 2
+    assert "ISOBENCH_CPU_BF16='yes': allowed: 1" in capsys.readouterr().err
+
+
+def test_a_success_result_without_stages_is_not_done(tmp_path):
+    from bench.config import RunConfig, from_dict
+    from bench.launch.manifest import cell_status
+    from bench.run import results as res
+    from bench.run.execution import crash_result, done_result
+
+    config = from_dict(RunConfig, {"results_dir": str(tmp_path), "study": "s"}, "<test>")
+    config.run_dir.mkdir(parents=True)
+    result = crash_result(config, RuntimeError("x"))
+    result.run.status, result.run.error = "success", None
+    res.write_result(config.run_dir, result)
+    assert done_result(config) is None and cell_status(config) == "corrupt"
+
+
+def test_gpu_check_dry_run_never_writes_into_the_checkout(monkeypatch, capsys):
+    from bench.tools import gpu_check
+
+    before = set((ROOT / "docs" / "perf_data").glob("*")) if (ROOT / "docs" / "perf_data").is_dir() else set()
+    monkeypatch.setattr(gpu_check, "throughput", lambda *a: [])
+    monkeypatch.setattr(gpu_check, "ratios", lambda *a: [])
+    monkeypatch.setattr(gpu_check, "fsdp_step", lambda *a: [])
+    monkeypatch.setattr(gpu_check, "generation", lambda *a: [])
+    monkeypatch.setattr(gpu_check, "memory", lambda *a: [])
+    assert gpu_check.main(["--cpu-dry-run"]) == 0
+    wrote = capsys.readouterr().out.split("wrote ")[-1].strip()
+    assert not Path(wrote).resolve().is_relative_to(ROOT)
+    after = set((ROOT / "docs" / "perf_data").glob("*")) if (ROOT / "docs" / "perf_data").is_dir() else set()
+    assert after == before
+
+
+def test_a_trial_whose_process_dies_is_a_failed_cell_named_by_ray_s_error(tmp_path):
+    from bench.launch.grid import OutOfMemory, WorkerDied, worker_death
+
+    oom = worker_death(RuntimeError("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low "
+                                    "on memory. Memory on the node (IP: 127.0.0.1) where the task was running was "
+                                    "11.60GB / 12.00GB (0.97), which exceeds the memory usage threshold of 0.95."))
+    assert isinstance(oom, OutOfMemory) and "11.60GB / 12.00GB" in str(oom)
+    died = worker_death(RuntimeError("ray.exceptions.ActorDiedError: The actor died unexpectedly"))
+    assert isinstance(died, WorkerDied)
+    other = ValueError("shape")
+    assert worker_death(other) is other
+
+
+@pytest.mark.slow
+def test_a_grid_whose_trials_die_before_reporting_records_them_failed(tmp_path):
+    """Every trial SIGKILLs itself after its first step: ``run_grid`` raises nothing, each cell is
+    recorded as failed (``WorkerDied``) and the command exits 1 with its summary."""
+    from tests.test_grid import grid_file
+
+    path = grid_file(tmp_path, extra="max_failures = 0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_FAULT_AT_STEP": "kill:1"}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "grid", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "0/2 succeeded, 2 failed" in done.stdout + done.stderr, done.stdout + done.stderr[-3000:]
+    assert "TypeError" not in done.stderr  # nothing escapes run_grid (Ray itself logs each trial's traceback)
+    results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "g").glob("*/result.json")]
+    assert results and all(r["run"]["status"] == "failed" for r in results)
+    assert all(r["run"]["error"]["type"] == "WorkerDied" for r in results), [r["run"]["error"] for r in results]

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.config import POLICIES
+from bench.config import POLICIES, ConfigError
 
 # name -> (parameter dtype, autocast dtype or None, optimizer, optimizer state tensors per bf16 parameter).
 # Every optimizer here keeps its state in the parameter's dtype: two Adam moments, plus Kahan's
@@ -84,12 +84,21 @@ def _matmul_seconds(dtype: torch.dtype, repeats: int = 5) -> float:
     return best
 
 
+def check_cpu_bf16_setting() -> None:
+    """``ConfigError`` for an ``ISOBENCH_CPU_BF16`` other than 1, 0 or unset (never ignored)."""
+    forced = os.environ.get(CPU_BF16_ENV)
+    if forced not in (None, "", "0", "1"):
+        raise ConfigError(f"environment variable {CPU_BF16_ENV}={forced!r}: allowed: 1 (bf16-mixed on this "
+                          f"CPU), 0 (fp32), or unset (decided by a probe)")
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices much faster than fp32: it has bf16 matrix units
     (AMX-BF16 or AVX512-BF16 in its flags) and a short timed probe (a SmolLM2-sized matmul, best
     of 5, about 0.1 s) runs bf16 in under 0.6x the fp32 time. ``ISOBENCH_CPU_BF16=1`` or ``=0``
     decides instead (the tests pin it to 0, so they behave alike on every machine)."""
+    check_cpu_bf16_setting()
     forced = os.environ.get(CPU_BF16_ENV)
     if forced in ("0", "1"):
         return forced == "1"

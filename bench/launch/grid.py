@@ -214,9 +214,9 @@ def worker_death(error: BaseException) -> BaseException:
     other process death; other errors as they are."""
     text = f"{type(error).__name__}: {error}"
     if "OutOfMemoryError" in text or "memory monitor" in text.lower() or "killed due to memory" in text.lower():
-        figures = re.findall(r"[^.\n]*(?:memory used|Memory on the node|used=|threshold)[^.\n]*", text)
-        return OutOfMemory("Ray's memory monitor killed the trial" + (": " + "; ".join(f.strip() for f in figures[:2])
-                                                                       if figures else ""))
+        figures = re.search(r"(Memory on the node.*?threshold of [0-9.]*[0-9])", text, re.S)
+        return OutOfMemory("Ray's memory monitor killed the trial" + (f": {' '.join(figures.group(1).split())}"
+                                                                       if figures else f" ({text[-300:]})"))
     if any(sign in text for sign in ("WorkerCrashedError", "ActorDiedError", "RayActorError", "died unexpectedly",
                                      "SYSTEM_ERROR")):
         return WorkerDied(f"the trial's process died without writing its result ({text[-500:]})")

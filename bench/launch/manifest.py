@@ -23,6 +23,8 @@ def cell_status(config: RunConfig) -> str:
         return "corrupt"
     if result is None:
         return "missing"
+    if result.ok and not result.evaluation.stages:
+        return "corrupt"  # a success that holds no stage's scores (a hand-made or damaged file): run again
     return "stale" if result.ok and stale_sources(config, result) else result.run.status
 
 

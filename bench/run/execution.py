@@ -145,7 +145,8 @@ def stale_sources(config: RunConfig, result: Result) -> list[str]:
 
 def is_done(config: RunConfig, result: Result | None) -> bool:
     """A successful result of this cell, measured on the data its sources hold now."""
-    return result is not None and result.ok and not stale_sources(config, result)
+    return (result is not None and result.ok and bool(result.evaluation.stages)  # a success with no stage is not done
+            and not stale_sources(config, result))
 
 
 def done_result(config: RunConfig) -> Result | None:

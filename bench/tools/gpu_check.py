@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.tools.gpu_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-dry-run", action="store_true", help="the same code on tiny shapes, on the CPU, in seconds")
-    p.add_argument("--out", default=str(OUT), help="folder of the JSON file (default: docs/perf_data)")
+    p.add_argument("--out", default=None, help="folder of the JSON file (default: docs/perf_data on a GPU; a "
+                                               "temporary folder for a CPU dry run, which never writes into the checkout)")
     args = p.parse_args(argv)
     if not args.cpu_dry_run and not torch.cuda.is_available():
         print("error: no CUDA GPU here; run with --cpu-dry-run to check the code on the CPU")
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate([[f.name, f.value, f.target, f.status] for f in figures],
                    headers=["figure", "measured", "target / plan", "status"], tablefmt="github"))
     slug = re.sub(r"[^a-z0-9]+", "_", ("cpu_dry_run" if args.cpu_dry_run else name).lower()).strip("_")
-    path = Path(args.out) / f"gpu_check_{slug}.json"
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gpu_check-")) if args.cpu_dry_run else OUT
+    path = out / f"gpu_check_{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"device": name, "torch": torch.__version__, "dry_run": args.cpu_dry_run,
                                 "seconds": time.perf_counter() - start,
