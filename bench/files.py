@@ -16,9 +16,9 @@ from pathlib import Path
 
 def current_umask() -> int:
     """This process's umask (read by setting and restoring it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    bits = os.umask(0)
+    os.umask(bits)
+    return bits
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -50,9 +50,9 @@ def write(path: Path, text: str) -> None:
 
 
 def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    bits = os.umask(0)
+    os.umask(bits)
+    return bits
 
 
 MARK = ".isobench-report"  # in every folder a report wrote: the files it wrote, which a later report replaces

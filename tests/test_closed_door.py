@@ -56,7 +56,8 @@ def test_a_local_ray_session_refuses_a_client_without_its_token(tmp_path):
 
 
 def test_no_code_or_ci_switches_ray_authentication_off():
-    hits = subprocess.run(["grep", "-rn", "RAY_AUTH_MODE.*disabled", "bench", "tests", ".ci/run"], cwd=ROOT, capture_output=True, text=True).stdout
+    hits = subprocess.run(["grep", "-rn", "RAY_AUTH_MODE.*disabled", "bench", "tests", ".ci/run"], cwd=ROOT,
+                          capture_output=True, text=True).stdout
     assert [line for line in hits.splitlines() if "test_closed_door.py" not in line] == []
 
 
@@ -229,7 +230,8 @@ def test_replay_at_a_ratio_that_rounds_to_zero_still_replays_a_row():
     assert sum(r == ([9], [9]) for r in out) == 1 and len(out) == 2
 
 
-@pytest.mark.parametrize("kind, metric, values", [("generate", "exact_match", [1.0, 0.0, 1.0]), ("gsm8k", "exact_match", [0.0, 0.0, 1.0]),
+@pytest.mark.parametrize("kind, metric, values", [("generate", "exact_match", [1.0, 0.0, 1.0]),
+                                                  ("gsm8k", "exact_match", [0.0, 0.0, 1.0]),
                                                   ("choice", "acc", [0.0, 1.0, 1.0]),
                                                   ("open", "rougeL", [100.0, 66.66666, 12.5])])
 def test_item_scores_are_on_the_stage_scores_scale_for_every_scorer(kind, metric, values):

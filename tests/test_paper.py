@@ -118,7 +118,7 @@ def test_openai_compatible_judge_over_loopback(monkeypatch):
         verdict = judge_answers(judge, ["q1", "q2", "q3"], ["a1", "a2", "a3"])
     finally:
         server.shutdown()
-    assert verdict == {"score": 6.0, "parsed": 2, "unparsed": 1, "judge": "openai:judge-model"}
+    assert verdict == {"score": 6.0, "parsed": 2, "unparsed": 1, "judge": "openai:judge-model", "ratings": [9.0, None, 3.0]}
     assert seen[0]["path"] == "/v1/chat/completions" and seen[0]["auth"] == "Bearer secret"
     assert seen[0]["body"]["model"] == "judge-model" and "a1" in seen[0]["body"]["messages"][0]["content"]
 

@@ -35,11 +35,10 @@ from bench.engine.checkpoint import CHECKPOINT_DIR, Checkpointer
 from bench.engine.data import Feature, StageData, Stream, encode
 from bench.engine.host_memory import keep_freed_memory
 from bench.engine.precision import Precision
-from bench.engine.run_log import RunLog
+from bench.engine.run_log import EVENTS_DIR, RunLog
 from bench.engine.sentinel import LostUpdateSentinel
 from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
-from bench.engine.run_log import EVENTS_DIR
 from bench.files import atomic_write, hold_lock, refuse_links
 from bench.run import results as res
 from bench.run.memory_plan import state_per_parameter

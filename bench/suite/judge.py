@@ -173,18 +173,21 @@ class OpenAIJudge:
         kind = http.client.HTTPSConnection if self.parts.scheme == "https" else http.client.HTTPConnection
         conn = kind(self.parts.hostname, self.parts.port, timeout=self.timeout_s)
         expired = threading.Event()
+        sockets: list[socket.socket] = []  # the connected socket (http.client drops its own reference once the
+        # response arrives, while the body is still read from it)
 
         def expire() -> None:
             expired.set()
-            with contextlib.suppress(OSError):
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+            for sock in sockets or ([conn.sock] if conn.sock is not None else []):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
         watchdog = threading.Timer(self.timeout_s, expire)
         watchdog.daemon = True
         watchdog.start()
         try:
             conn.connect()
+            sockets.append(conn.sock)
             path = self.parts.path + (f"?{self.parts.query}" if self.parts.query else "")
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
