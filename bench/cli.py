@@ -39,17 +39,12 @@ def _load(loader: Any, args: argparse.Namespace) -> Any:
         return None
 
 
-def _device_bytes(args: argparse.Namespace) -> int | None:
-    """``--device-memory``, else the visible GPU's memory, else None (not checked)."""
-    from bench.run.memory_plan import device_memory, parse_size
+def _device_bytes_or_error(args: argparse.Namespace, fallback: str = "") -> tuple[bool, int | None]:
+    """(ok, the memory the plan is checked against); a bad ``--device-memory`` is printed as an error."""
+    from bench.run.preflight import device_bytes
 
-    return parse_size(args.device_memory) if args.device_memory else device_memory()
-
-
-def _device_bytes_or_error(args: argparse.Namespace) -> tuple[bool, int | None]:
-    """(ok, ``_device_bytes``); a bad ``--device-memory`` is printed as an error."""
     try:
-        return True, _device_bytes(args)
+        return True, device_bytes(args.device_memory, fallback)
     except ValueError as e:
         print(f"error: --device-memory: {e}", file=sys.stderr)
         return False, None
@@ -64,43 +59,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not 0 <= args.cell < len(cells):
         print(f"error: --cell {args.cell} out of range: {args.config} has {len(cells)} cell(s)", file=sys.stderr)
         return 2
-    config = cells[args.cell]
+    cell = cells[args.cell]
     if len(cells) > 1:
-        print(f"{args.config} is a grid of {len(cells)} cells: running cell {args.cell} ({config.method.name}, "
-              f"{config.backbone.name}, {config.regime}, seed {config.seed}); --cell N picks another", file=sys.stderr)
-    print(f"run {config.run_id} -> {config.run_dir}", file=sys.stderr)
-    from bench.engine.precision import missing_package
-    from bench.run.memory_plan import DoesNotFit, check_fits
-
-    if missing_package(config.train.precision):
-        print(f"error: {args.config}: {missing_package(config.train.precision)}", file=sys.stderr)
-        return 2
-
+        print(f"{args.config} is a grid of {len(cells)} cells: running cell {args.cell} ({cell.method_name}, "
+              f"{cell.backbone.name}, {cell.regime}, seed {cell.seed}); --cell N picks another", file=sys.stderr)
+    print(f"run {cell.run_id} -> {cell.run_dir}", file=sys.stderr)
     ok, device_bytes = _device_bytes_or_error(args)
     if not ok:
         return 2
-    try:
-        plan = check_fits(config, device_bytes)
-    except DoesNotFit as e:
-        print(f"error: {e}", file=sys.stderr)
+    from bench.run.preflight import preflight
+
+    checked = preflight(cell, device_bytes)
+    if not checked.ok:
+        print(f"error: {args.config}: {checked.problems[0]}", file=sys.stderr)
         return 2
-    if plan is not None:
-        print(plan.line(), file=sys.stderr)
-    try:
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"error: cannot write results under {config.run_dir}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    if checked.plan is not None:
+        print(checked.plan.line(), file=sys.stderr)
     from bench.launch.dispatch import resources, run_cell
 
-    if config.train.workers > 1:
-        print(f"sharded over {config.train.workers} workers (Ray Train); progress: {config.run_dir / 'metrics.jsonl'}",
+    if cell.train.workers > 1:
+        print(f"sharded over {cell.train.workers} workers (Ray Train); progress: {cell.run_dir / 'metrics.jsonl'}",
               file=sys.stderr)
     from bench.files import ForeignPath, LockPathError
-    from bench.run.execution import RunBusy
+    from bench.run.status import RunBusy
 
     try:
-        result = run_cell(config, resources(config, alone=True), force=args.force, restart=args.restart,
+        result = run_cell(cell, resources(cell, alone=True), force=args.force, restart=args.restart,
                           own_session=True)
     except (RunBusy, ForeignPath, LockPathError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -111,19 +95,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in result.evaluation.stages:
         print(f"stage {stage.stage} ({'+'.join(stage.trained_on)}): "
               + "  ".join(f"{t}={'n/a' if s is None else f'{s:.1f}'}" for t, s in stage.scores.items()))
-    print(f"result: {config.run_dir / 'result.json'}")
+    print(f"result: {cell.run_dir / 'result.json'}")
     return 0 if result.ok else 1
 
 
 def assumptions(args: argparse.Namespace) -> Any:
-    """The cost plan's throughput assumptions from the command line."""
+    """The cost plan's throughput assumptions from the command line (``ValueError`` naming the flag)."""
     from bench.run.cost_plan import Assumptions
 
-    for name in ("assume_mfu", "assume_eval_mfu"):
-        if not 0 < getattr(args, name) <= 1:  # also false for nan
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: allowed: a fraction in (0, 1]")
-    if not (0 < args.device_flops < float("inf")):  # nan and inf would make every cost nan or 0
-        raise ValueError(f"--device-flops {args.device_flops}: allowed: a finite number > 0")
     return Assumptions(args.assume_mfu, args.assume_eval_mfu, args.device_flops)
 
 
@@ -140,16 +119,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ok, device_bytes = _device_bytes_or_error(args)
+    ok, device_bytes = _device_bytes_or_error(args, grid.spec.device_memory)
     if not ok:
         return 2
-    if device_bytes is None and grid.spec.device_memory:
-        from bench.run.memory_plan import parse_size
+    from bench.run.preflight import preflight
 
-        device_bytes = parse_size(grid.spec.device_memory)
-    from bench.engine.precision import missing_package
-
-    missing = sorted({m for c in grid.cells if (m := missing_package(c.train.precision))})
+    missing = sorted({p for c in grid.cells for p in preflight(c, memory=False, writable=False).problems})
     if args.dry_run:
         for why in missing:
             print(f"note: {why}")
@@ -183,17 +158,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
     if counts["failed"]:
-        from bench.run.results import ResultError, read_result
+        from bench.launch.grid import failure_lines
 
-        for c in grid.cells:
-            try:
-                r = read_result(c.run_dir)
-            except ResultError as e:
-                print(f"  corrupt {c.run_id}: {e}")
-                continue
-            if r is not None and r.run.status == "failed" and r.run.error is not None:
-                e = r.run.error
-                print(f"  failed {c.run_id}: {e.type}: {e.message} (step {e.step})")
+        print("\n".join(failure_lines(grid)))
     return 0 if counts["failed"] == 0 and counts["missing"] == 0 else 1
 
 
@@ -280,13 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_methods)
     args = parser.parse_args(argv)
     if args.command in ("run", "grid"):  # before any config or model loads
-        from bench.config import ConfigError
-        from bench.engine.precision import check_cpu_bf16_setting
+        from bench.run.preflight import environment_problems
 
-        try:
-            check_cpu_bf16_setting()
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
+        for problem in environment_problems():
+            print(f"error: {problem}", file=sys.stderr)
             return 2
     return args.fn(args)
 

@@ -8,7 +8,7 @@ default. Two runs that differ only in their ``Method`` object are therefore a fa
 Every call, in order, for one run::
 
     adapt(model) -> model                         once; change the structure (inject adapters, freeze)
-    (a sharded run shards the model here: parameters become this rank's blocks, methods.collectives)
+    (a sharded run shards the model here: parameters become this rank's blocks, methods.parts.collectives)
     prepare(model) -> model                       once; allocate state for the parameters to train
     param_groups(model)                           once; the optimizer is then built from them
     plan_stages(ctx) -> StagePlan | None          once, before the first stage; ctx: the regime's
@@ -53,14 +53,15 @@ Every method but full SFT must end with other weights than full SFT on the same 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
-from core.options import Options
-from methods.contexts import Batch, PlanContext, Row, StageContext, StageData, StagePlan, tensor_bytes
+from methods.parts.contexts import Batch, PlanContext, Row, StageContext, StageData, StagePlan, tensor_bytes
+from pluggable.options import Options
 
 __all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "Row", "StageContext", "StageData", "StagePlan",
            "tensor_bytes"]
@@ -68,12 +69,18 @@ __all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "Row", "StageContex
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MethodConfig(Options):
-    """Base of every method's options (``core.options.Options``: ``check`` and ``build``);
+    """Base of every method's options (``pluggable.options.Options``: ``check`` and ``build``);
     subclasses validate in ``__post_init__``."""
 
 
-class Method:
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(Generic[C]):
     """Base class: every hook is a no-op, so a method overrides only what it changes.
+
+    ``class EWC(Method[EWCConfig])`` declares the method's options: ``EWC.Config`` is
+    ``EWCConfig`` (the registry builds it from a config table) and ``self.config`` is typed as one.
 
     ``isolates = True`` declares that the method freezes entries (``isolation_masks``); the
     contract tests then require that it isolates something and keeps it bit-identical.
@@ -88,7 +95,17 @@ class Method:
     isolates: ClassVar[bool] = False
     plans_stages: ClassVar[bool] = False
 
-    def __init__(self, config: MethodConfig) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """``Config`` from the options class of ``Method[...]`` (unless the class sets it)."""
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__:
+            return
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            args = typing.get_args(base)
+            if args and isinstance(args[0], type) and issubclass(args[0], MethodConfig):
+                cls.Config = args[0]
+
+    def __init__(self, config: C) -> None:
         self.config = config
 
     # -- set-up -------------------------------------------------------------------------------
@@ -130,7 +147,7 @@ class Method:
         """A term added once to step ``step``'s loss, after the micro-batches' backward, in the
         units of the task loss (mean NLL per answer token); the trainer back-propagates it and
         logs its value as ``method_loss``. It is a function of the parameters (e.g. EWC's
-        penalty), computed on this rank's blocks (``methods.collectives.local``): under sharding
+        penalty), computed on this rank's blocks (``methods.parts.collectives.local``): under sharding
         the ranks' terms add up to the one-process term, and each rank's gradient lands on its
         own entries. None: no term (the default)."""
         return None

@@ -5,7 +5,7 @@
 2. the task's core region = the global top-``rho`` of ``|theta_probe - theta_0|`` over the
    eligible entries (``normalize = "none"``: raw displacement, as the paper describes it);
 3. tasks grouped by the Jaccard overlap of their cores: an edge where it is >= ``tau``, groups =
-   connected components (``methods.merging.connected_groups``);
+   connected components (``methods.parts.merging.connected_groups``);
 4. groups ordered into stages: ``group_order = "random"`` (the paper; drawn from the run seed) or
    ``"tasks"`` (by each group's first task in the config);
 5. fusion into the starting weights: every trainable tensor becomes
@@ -29,12 +29,12 @@ from typing import Any
 import torch
 
 from methods.base import PlanContext, StageContext, StagePlan
-from methods.collectives import local
-from methods.importance import fine_tuned_weights
-from methods.isolation import IsolationConfig, IsolationMethod
-from methods.merging import connected_groups, overlap_matrix, slerp
+from methods.parts.collectives import local
+from methods.parts.importance import fine_tuned_weights
+from methods.parts.isolation import IsolationConfig, IsolationMethod
+from methods.parts.merging import connected_groups, overlap_matrix, slerp
+from methods.parts.selection import select_top_fraction
 from methods.registry import register
-from methods.selection import select_top_fraction
 
 Index = dict[str, torch.Tensor]
 
@@ -85,9 +85,7 @@ def strongest(indices: list[torch.Tensor], values: list[torch.Tensor],
 
 
 @register("cpi_ft")
-class CPIFT(IsolationMethod):
-    Config = CPIFTConfig
-    config: CPIFTConfig
+class CPIFT(IsolationMethod[CPIFTConfig]):
     plans_stages = True
 
     def __init__(self, config: CPIFTConfig) -> None:

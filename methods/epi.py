@@ -7,7 +7,7 @@
 2. After ``warmup_steps`` and then every ``refresh_every`` steps: per-tensor min-max
    normalization (``normalize = "layer_minmax"``; ``"none"`` is the paper's ablation) and one
    global top-rho selection -> the new mask. Released entries train again at the next step.
-3. Isolated entries get no update at all (see ``methods.isolation``). With ``reset_moments`` the
+3. Isolated entries get no update at all (see ``methods.parts.isolation``). With ``reset_moments`` the
    first moment of entries that become isolated is cleared, and with ``importance = "ema"`` the
    second as well, so a released entry does not carry stale momentum (with ``adam_v`` the second
    moment *is* the importance signal and is kept).
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.importance import GradSquaredEMA, second_moment
-from methods.refreshing import RefreshConfig, RefreshingIsolation
+from methods.parts.importance import GradSquaredEMA, second_moment
+from methods.parts.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 
@@ -45,9 +45,7 @@ class EPIConfig(RefreshConfig):
 
 
 @register("epi")
-class EPI(RefreshingIsolation):
-    Config = EPIConfig
-    config: EPIConfig
+class EPI(RefreshingIsolation[EPIConfig]):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)

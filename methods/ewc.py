@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
-from methods.collectives import local
-from methods.importance import mean_grad_squared
+from methods.parts.collectives import local
+from methods.parts.importance import mean_grad_squared
 from methods.registry import register
 
 
@@ -33,21 +33,17 @@ from methods.registry import register
 class EWCConfig(MethodConfig):
     lambda_: float = dataclasses.field(default=1000.0, metadata={"help": "penalty strength (units of the task loss)"})
     gamma: float = dataclasses.field(default=1.0, metadata={"help": "decay of the earlier stages' Fisher (online EWC)"})
-    fisher_batches: int = dataclasses.field(default=4, metadata={"help": "batches per stage for the Fisher estimate"})
+    fisher_batches: int = dataclasses.field(default=4, metadata={"help": "batches per stage for the Fisher estimate",
+                                                                 "minimum": 1})
 
     def __post_init__(self) -> None:
         self.check(self.lambda_ >= 0.0, "lambda_", "a number >= 0")
         self.check(0.0 <= self.gamma <= 1.0, "gamma", "a number in [0, 1]")
-        self.check(isinstance(self.fisher_batches, int) and self.fisher_batches > 0, "fisher_batches",
-                   "an integer > 0")
 
 
 @register("ewc")
-class EWC(Method):
+class EWC(Method[EWCConfig]):
     """Online EWC: a quadratic penalty towards the last stage's weights, weighted by Fisher."""
-
-    Config = EWCConfig
-    config: EWCConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -14,7 +14,5 @@ class FullSFTConfig(MethodConfig):
 
 
 @register("full_sft")
-class FullSFT(Method):
+class FullSFT(Method[FullSFTConfig]):
     """All hooks are the base class's no-ops."""
-
-    Config = FullSFTConfig

@@ -62,11 +62,8 @@ def frozen_half(names: list[str], selection: str, rng: random.Random) -> list[st
 
 
 @register("hft")
-class HFT(Method):
+class HFT(Method[HFTConfig]):
     """Freezes a new half of the tensors at every stage start."""
-
-    Config = HFTConfig
-    config: HFTConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -33,11 +33,8 @@ class LoRAConfig(MethodConfig):
 
 
 @register("lora")
-class LoRA(Method):
+class LoRA(Method[LoRAConfig]):
     """Injects adapters in ``adapt``; the base weights stay frozen by peft."""
-
-    Config = LoRAConfig
-    config: LoRAConfig
 
     def adapt(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model  # peft imports take seconds: only when used

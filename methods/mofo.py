@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig
-from methods.collectives import full, local, local_part
+from methods.parts.collectives import full, local, local_part
 from methods.registry import register
 
 
@@ -47,11 +47,8 @@ def first_moment(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> torch
 
 
 @register("mofo")
-class MoFO(Method):
+class MoFO(Method[MoFOConfig]):
     """Updates the top-alpha entries by momentum in each tensor, holds the rest."""
-
-    Config = MoFOConfig
-    config: MoFOConfig
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.collectives import local_part
-from methods.refreshing import RefreshConfig, RefreshingIsolation
+from methods.parts.collectives import local_part
+from methods.parts.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
 
 
@@ -23,9 +23,7 @@ class RandomIsolationConfig(RefreshConfig):
 
 
 @register("random_isolation")
-class RandomIsolation(RefreshingIsolation):
-    Config = RandomIsolationConfig
-    config: RandomIsolationConfig
+class RandomIsolation(RefreshingIsolation[RandomIsolationConfig]):
 
     def scores(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """Uniform noise: a new random mask of the same size at every refresh."""

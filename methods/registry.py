@@ -1,69 +1,16 @@
-"""One registry idiom for every pluggable kind (methods here; tasks and backbones in ``bench/``).
-
-A ``Registry`` maps names to entries with explicit registration (no directory scanning that
-hides import errors), rejects duplicate and malformed names, and on a miss suggests close names
-(lm-eval's registry, without its bulk). The method registry below adds ``build``: options are
-validated through the method's frozen config dataclass before any model exists.
+"""The method registry (``pluggable.registry.Registry``) and ``build``: a method's options are
+validated through its frozen config dataclass before any model exists.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from core import options as typed
-from methods.base import Method
-
-T = TypeVar("T")
-_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
-
-
-class Registry(Generic[T]):
-    """Name -> entry, in registration order. ``kind`` names the entries in error messages."""
-
-    def __init__(self, kind: str, pattern: re.Pattern[str] = _NAME) -> None:
-        self.kind, self.pattern = kind, pattern
-        self._entries: dict[str, T] = {}
-
-    def add(self, name: str, entry: T) -> T:
-        """Register ``entry`` as ``name``; a duplicate or malformed name is an error."""
-        if not self.pattern.match(name):
-            raise ValueError(f"{self.kind} name {name!r} must match {self.pattern.pattern}")
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]!r})")
-        self._entries[name] = entry
-        return entry
-
-    def remove(self, name: str) -> None:
-        """Unregister ``name`` (tests that register a throw-away entry clean up with this)."""
-        self._entries.pop(name, None)
-
-    def get(self, name: str) -> T:
-        """The entry registered as ``name``; unknown names list close matches and every name."""
-        try:
-            return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.4)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise KeyError(f"unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self._entries)}") from None
-
-    def names(self) -> list[str]:
-        return list(self._entries)
-
-    def __getitem__(self, name: str) -> T:
-        return self.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
+from methods.base import Method, MethodConfig
+from pluggable import options as typed
+from pluggable.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method", re.compile(r"^[a-z][a-z0-9_]*$"))
 M = TypeVar("M", bound=type[Method])
@@ -93,9 +40,14 @@ def get(name: str) -> type[Method]:
     return METHODS.get(name)
 
 
-def build(name: str, options: dict[str, Any] | None = None) -> Method:
-    """Instantiate a method from plain options, validated (``core.options``) before anything else happens."""
+def build(name: str, options: dict[str, Any] | MethodConfig | None = None) -> Method:
+    """Instantiate a method from its parsed config, or from plain options, validated
+    (``pluggable.options``) before anything else happens."""
     cls = get(name)
+    if isinstance(options, cls.Config):
+        return cls(options)
+    if isinstance(options, MethodConfig):
+        raise TypeError(f"method {name!r} takes a {cls.Config.__qualname__}, not a {type(options).__qualname__}")
     return cls(typed.build(cls.Config, dict(options or {}), where=f"method {name!r}"))
 
 

@@ -27,20 +27,16 @@ from methods.registry import register
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ReplayConfig(MethodConfig):
     ratio: float = dataclasses.field(default=0.25, metadata={"help": "share of each step's rows replaced by replay"})
-    rows_per_stage: int = dataclasses.field(default=64, metadata={"help": "training rows kept from each finished stage"})
+    rows_per_stage: int = dataclasses.field(default=64, metadata={"help": "training rows kept from each finished stage",
+                                                                  "minimum": 1})
 
     def __post_init__(self) -> None:
         self.check(0.0 < self.ratio <= 1.0, "ratio", "a fraction in (0, 1]")
-        self.check(isinstance(self.rows_per_stage, int) and self.rows_per_stage > 0, "rows_per_stage",
-                   "an integer > 0")
 
 
 @register("replay")
-class Replay(Method):
+class Replay(Method[ReplayConfig]):
     """Replaces a share of every step's rows with rows kept from earlier stages."""
-
-    Config = ReplayConfig
-    config: ReplayConfig
 
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)

@@ -1,7 +1,7 @@
 """Static isolation (CPI-FT style): estimate importance once, isolate the top-rho entries for the
 rest of training.
 
-Importance sources (``methods.importance``):
+Importance sources (``methods.parts.importance``):
 - ``gradient``: mean of g^2 over ``calibration_batches`` batches of the stage's training mix at
   the starting weights; no update is made.
 - ``probe``: CPI-FT core regions. Per task, a copy of the model is fine-tuned for ``probe_steps``
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from methods.base import StageContext, StageData
-from methods.importance import mean_grad_squared, probe_displacement
-from methods.isolation import IsolationConfig, IsolationMethod
+from methods.parts.importance import mean_grad_squared, probe_displacement
+from methods.parts.isolation import IsolationConfig, IsolationMethod
+from methods.parts.selection import select_top_fraction
 from methods.registry import register
-from methods.selection import select_top_fraction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,9 +46,7 @@ class StaticIsolationConfig(IsolationConfig):
 
 
 @register("static_isolation")
-class StaticIsolation(IsolationMethod):
-    Config = StaticIsolationConfig
-    config: StaticIsolationConfig
+class StaticIsolation(IsolationMethod[StaticIsolationConfig]):
 
     def on_stage_start(self, ctx: StageContext) -> None:
         super().on_stage_start(ctx)

@@ -170,6 +170,9 @@ def load_study(study_dir: str | Path) -> list[Run]:
         raise FileNotFoundError(f"{study_dir}: no such study folder")
     runs: dict[str, Run] = {}
     corrupt: dict[str, str] = {}
+    data = read_manifest(study_dir)
+    twins = data.get("twins", {})  # folder under a spelled-out id -> the id of the cell it holds
+    configs = {c["run_id"]: c.get("config") for c in data.get("cells", [])}
     for path in sorted(study_dir.glob("*/result.json")):
         try:
             r = read_result_file(path)
@@ -188,10 +191,12 @@ def load_study(study_dir: str | Path) -> list[Run]:
             items = read_items(path.parent)
         except ResultError as e:
             problem, items = str(e), []
-        runs[info.run_id] = Run(info.run_id, info.method, info.backbone, info.regime, info.seed,
-                                "corrupt" if problem else info.status, None if problem else r,
-                                events, problem, info.config, items=items)
-    data = read_manifest(study_dir)
+        run_id = twins.get(path.parent.name, info.run_id)
+        config = configs.get(run_id) or info.config if run_id != info.run_id else info.config
+        run = Run(run_id, info.method, info.backbone, info.regime, info.seed, "corrupt" if problem else info.status,
+                  None if problem else r, events, problem, config, items=items)
+        if run_id not in runs or _preferred(run, path.parent.name, runs[run_id]):
+            runs[run_id] = run  # one cell held in two folders is one run: its success, in its own folder first
     grids = data.get("grids")
     expected = {i for ids in grids.values() for i in ids} if grids else None
     for cell in data.get("cells", []):
@@ -207,6 +212,12 @@ def load_study(study_dir: str | Path) -> list[Run]:
     labelled = label_variants([r for r in runs.values() if r.status != "stale"])
     stale = [r for r in runs.values() if r.status == "stale"]
     return sorted(labelled + stale, key=lambda r: (r.regime, r.backbone, r.method, r.variant, r.seed, r.run_id))
+
+
+def _preferred(run: Run, folder: str, held: Run) -> bool:
+    """Whether ``run`` (read from ``folder``) replaces ``held`` as its cell's run: a success
+    over anything else, then the cell's own folder over a twin's."""
+    return (run.ok, folder == run.run_id) > (held.ok, False)
 
 
 def method_order(study_dir: str | Path) -> list[str]:

@@ -30,8 +30,9 @@ from bench.engine.observers import Observer
 from bench.engine.precision import Precision
 from bench.engine.train import Trainer
 from bench.run import regimes
+from bench.run.checks import parse_analyses
 from bench.suite.tasks import TASKS
-from methods.held import held_mask
+from methods.parts.held import held_mask
 
 CPU = torch.device("cpu")
 # Options that make every isolation method isolate something within a few steps.
@@ -169,7 +170,7 @@ class Harness:
         self.rows = {t: rows(t) for t in tasks}
         everything = StageData(-1, self.rows, self.config.batch_size, self.tokenizer.pad_token_id, CPU, self.seed,
                                False, self.precision)
-        observers = ([self.check] if self.check else []) + analysis.build(analyses or {}, everything)
+        observers = ([self.check] if self.check else []) + analysis.build(parse_analyses(analyses or {}, "<test>"), everything)
         self.trainer = Trainer(model, self.method, self.config, self.tokenizer.pad_token_id, self.precision,
                                observers=observers, progress=False)
         if self.check is not None:
@@ -256,3 +257,11 @@ def contract_violations(name: str, options: dict[str, Any] | None = None, stages
             violations.append(f"{name} trains exactly as {REFERENCE} on the same seed and data: its hooks change "
                               f"nothing")
     return violations
+
+
+def cell_of(table: dict[str, Any]) -> Any:
+    """The resolved cell of a run config table (``bench.run.cell.resolve``)."""
+    from bench.config import RunConfig, from_dict
+    from bench.run.cell import resolve
+
+    return resolve(from_dict(RunConfig, table, "<test>"), "<test>")

@@ -57,7 +57,7 @@ def trace(method: str, options: dict[str, Any], steps: int, grad_accum: int, sta
     """Train ``method`` for ``steps`` steps over ``stages`` sequential stages; returns the losses,
     the whole mask after every change of it, the entries isolated before a step that changed
     during it on this rank, and the whole final weights."""
-    from methods.collectives import local
+    from methods.parts.collectives import local
     from tests.harness import Harness
 
     h = Harness(method, options, regime="sequential", tasks=("arithmetic", "format", "program"),

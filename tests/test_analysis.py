@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from bench import analysis
 from bench.analysis.conflict import cosines
 from bench.analysis.drift import spearman
 from tests.harness import FAST, Harness
@@ -72,12 +71,14 @@ def test_conflict_measurement_leaves_no_gradient_and_records_every_pair():
 
 
 @pytest.mark.parametrize("table, message", [
-    ({"importance_drift": {"every": 0}}, "'every'"),
-    ({"gradient_conflict": {"batches": 1.5}}, "'batches'"),
+    ({"importance_drift": {"every": 0}}, "'analysis.importance_drift'.*'every'"),
+    ({"gradient_conflict": {"batches": 1.5}}, "'analysis.gradient_conflict.batches'"),
     ({"importance_drift": {"rho": 2.0}}, "'rho'"),
     ({"gradient_conflict": {"evry": 3}}, "evry"),
 ])
 def test_bad_analysis_options_name_the_key(table, message):
+    from bench.run.checks import parse_analyses
+
     with pytest.raises(ValueError, match=message) as error:
-        analysis.check(table)
+        parse_analyses(table, "<test>")
     assert "analysis." in str(error.value)

@@ -125,12 +125,13 @@ def test_a_run_refuses_a_checkpoint_folder_that_is_a_link_and_deletes_nothing_th
     from bench.config import RunConfig, from_dict
     from bench.engine.checkpoint import Checkpointer
     from bench.files import ForeignPath, remove_tree
+    from bench.run.cell import resolve
     from bench.run.execution import execute
 
     precious = tmp_path / "precious"
     (precious / "sub").mkdir(parents=True)
     (precious / "sub" / "thesis.tex").write_text("x")
-    config = from_dict(RunConfig, {"results_dir": str(tmp_path / "results"), "study": "s"}, "<test>")
+    config = resolve(from_dict(RunConfig, {"results_dir": str(tmp_path / "results"), "study": "s"}, "<test>"), "<test>")
     config.run_dir.mkdir(parents=True)
     (config.run_dir / "checkpoint").symlink_to(precious)
     with pytest.raises(ForeignPath, match="symbolic link"):
@@ -268,11 +269,11 @@ def test_weak_inputs_get_an_error_line_before_anything_runs(tmp_path, monkeypatc
 
 def test_a_success_result_without_stages_is_not_done(tmp_path):
     from bench.config import RunConfig, from_dict
-    from bench.launch.manifest import cell_status
     from bench.run import results as res
-    from bench.run.execution import crash_result, done_result
+    from bench.run.cell import resolve
+    from bench.run.status import cell_status, crash_result, done_result
 
-    config = from_dict(RunConfig, {"results_dir": str(tmp_path), "study": "s"}, "<test>")
+    config = resolve(from_dict(RunConfig, {"results_dir": str(tmp_path), "study": "s"}, "<test>"), "<test>")
     config.run_dir.mkdir(parents=True)
     result = crash_result(config, RuntimeError("x"))
     result.run.status, result.run.error = "success", None

@@ -12,8 +12,8 @@ import torch
 
 import methods
 from methods.epi import EPI
-from methods.isolation import IsolationConfig, IsolationMethod
-from methods.masks import select_top_fraction
+from methods.parts.isolation import IsolationConfig, IsolationMethod
+from methods.parts.masks import select_top_fraction
 from methods.registry import METHODS, register
 from tests.harness import FAST, Harness, contract_violations
 

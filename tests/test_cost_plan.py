@@ -34,7 +34,7 @@ def test_training_and_evaluation_flops_by_hand(grid):
 
 def test_measured_cells_replace_the_assumption_for_cells_like_them(grid):
     from bench.run import results as res
-    from bench.run.execution import new_run_info
+    from bench.run.status import new_run_info
     from reports.schema import Result, TrainInfo
 
     done = grid.cells[0]  # full_sft seed 0; cells[1] is full_sft seed 1, the same per step

@@ -45,3 +45,16 @@ def test_every_python_m_module_in_the_docs_exists(doc, module):
 def test_the_check_sees_a_moved_file():
     assert PATH.findall("see `bench/perf.py` and bench/engine/train.py.") == ["bench/perf.py", "bench/engine/train.py"]
     assert not (ROOT / "bench/perf.py").exists()
+
+
+def test_the_paper_grid_figures_in_the_docs_match_its_config():
+    """The paper grid's cell count is stated in the README and docs/perf.md (the config's comments
+    point there): both say what ``load_grid`` expands it to."""
+    from bench.run.cells import load_grid
+
+    count = len(load_grid(ROOT / "configs" / "paper.toml").cells)
+    readme = re.findall(r"lists the (\d+) cells", (ROOT / "README.md").read_text())
+    perf = re.findall(r"Every one of the (\d+) cells", (ROOT / "docs" / "perf.md").read_text())
+    assert readme and perf and {int(n) for n in readme + perf} == {count}
+    comments = [line for line in (ROOT / "configs" / "paper.toml").read_text().splitlines() if line.startswith("#")]
+    assert not [line for line in comments if re.search(r"\d+ cells|GiB", line)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from methods.base import StageContext
-from methods.masks import select_top_fraction
+from methods.parts.masks import select_top_fraction
 from methods.static_isolation import StaticIsolation
 from tests.harness import Harness
 
@@ -122,7 +122,7 @@ def literal_ema(grads: list[torch.Tensor], beta: float) -> torch.Tensor:
 def test_one_pass_ema_equals_the_recurrence_across_folds_reads_and_a_resume():
     from torch import nn
 
-    from methods.importance import GradSquaredEMA
+    from methods.parts.importance import GradSquaredEMA
 
     generator = torch.Generator().manual_seed(0)
     grads = [torch.randn(257, generator=generator) * (1 + i % 3) for i in range(40)]

@@ -59,11 +59,11 @@ def test_expansion_counts_per_method_axes_and_stable_ids(tmp_path):
     path = grid_file(tmp_path, methods=("full_sft", "lora", "epi"), seeds=(0, 1, 2), extra=extra)
     cells = load_grid(path).cells
     assert len(cells) == (1 + 2 + 2) * 3 * 2
-    assert {c.train.weight_decay for c in cells if c.method.name == "lora"} == {0.0, 0.01}
-    assert {c.train.weight_decay for c in cells if c.method.name != "lora"} == {0.1}
-    epi = [c for c in cells if c.method.name == "epi"]
-    assert {c.method.options["rho"] for c in epi} == {0.01, 0.05} and all(c.method.options["beta"] == 0.8 for c in epi)
-    assert all(c.method.options == {} for c in cells if c.method.name != "epi")
+    assert {c.train.weight_decay for c in cells if c.method_name == "lora"} == {0.0, 0.01}
+    assert {c.train.weight_decay for c in cells if c.method_name != "lora"} == {0.1}
+    epi = [c for c in cells if c.method_name == "epi"]
+    assert {c.options.rho for c in epi} == {0.01, 0.05} and all(c.options.beta == 0.8 for c in epi)
+    assert all(c.config.method.options == {} for c in cells if c.method_name != "epi")
     assert {c.train.lr for c in cells} == {0.001, 0.0003}
     assert [c.run_id for c in cells] == [c.run_id for c in load_grid(path).cells]
     assert len({c.run_id for c in cells}) == len(cells)
@@ -170,7 +170,7 @@ def test_a_method_planning_its_stages_is_crossed_with_the_multistage_regime_only
 
     path = grid_file(tmp_path, methods=("full_sft", "cpi_ft"), extra='regimes = ["sequential", "multistage"]')
     cells = load_grid(path, {"tasks": {"num_groups": 2}}).cells
-    assert sorted((c.method.name, c.regime) for c in cells) == [
+    assert sorted((c.method_name, c.regime) for c in cells) == [
         ("cpi_ft", "multistage"), ("full_sft", "multistage"), ("full_sft", "sequential")]
     with pytest.raises(ConfigError, match="add 'multistage' to grid.regimes"):
         load_grid(grid_file(tmp_path, methods=("full_sft", "cpi_ft")))

@@ -5,9 +5,13 @@ bench/ is built in wings, each a floor of one import direction::
     cli -> launch -> run -> suite -> {backbones, analysis} -> engine -> config -> files
 
 A module may import its own wing and any wing below it, never one above or beside it; ``tools``
-(``python -m`` entry points) may import any wing below ``run`` and is imported by nobody.
+(``python -m`` entry points) may import any wing below ``launch`` and is imported by nobody.
 Function-level imports count like module-level ones, so a cycle cannot be dodged by moving an
-import into a function, and the whole module graph of bench/ must be free of cycles.
+import into a function, and the module graphs of bench/, methods/ and reports/ must each be free
+of cycles. ``bench/__init__.py`` imports nothing of bench. Of ``reports``, only ``run`` and
+``launch`` import anything, and only ``reports.schema`` (the result files they write), plus the
+command line's ``report`` and ``export`` commands. Of ``methods``, bench imports the package, its
+``base`` and ``registry`` and the shared ``methods.parts``, never one method's module.
 """
 
 from __future__ import annotations
@@ -70,12 +74,47 @@ def wing(module: str) -> str | None:
     return parts[1] if parts[0] == "bench" and len(parts) > 1 else None
 
 
-def graph() -> dict[str, list[tuple[int, str]]]:
-    """bench module -> (line, bench module) it imports."""
+def graph(package: str = "bench") -> dict[str, list[tuple[int, str]]]:
+    """module of ``package`` -> (line, module of ``package``) it imports."""
     out = {}
-    for p in sources("bench"):
-        out[module_name(p)] = [(line, m) for line, m in imports(p) if m.startswith("bench.") and module_path(m)]
+    for p in sources(package):
+        out[module_name(p)] = [(line, m) for line, m in imports(p)
+                               if (m == package or m.startswith(package + ".")) and module_path(m)]
     return out
+
+
+def imports_of(package: str, folder: str = "bench") -> list[tuple[str, int, str]]:
+    """(module of ``folder``, line, module of ``package``) for every import of ``package`` there."""
+    return [(module_name(p), line, m) for p in sources(folder) for line, m in imports(p)
+            if m == package or m.startswith(package + ".")]
+
+
+# The command line's commands that read a study (``isobench report``, ``isobench export``).
+CLI_READS = {"reports.report", "reports.export", "reports.load"}
+
+
+def reports_violations(edges: list[tuple[str, int, str]]) -> list[str]:
+    """bench's imports of reports that the rules do not allow (module docstring)."""
+    bad = []
+    for src, line, dst in edges:
+        allowed = {"reports.schema"} if wing(src) in ("run", "launch") else CLI_READS if wing(src) == "cli" else set()
+        if dst not in allowed:
+            bad.append(f"{src}:{line} imports {dst}")
+    return bad
+
+
+METHODS_SHARED = ("methods", "methods.base", "methods.registry")
+
+
+def methods_violations(edges: list[tuple[str, int, str]]) -> list[str]:
+    """bench's imports of one method's module (not the package, its base, registry or parts)."""
+    return [f"{src}:{line} imports {dst}" for src, line, dst in edges
+            if dst not in METHODS_SHARED and not dst.startswith("methods.parts")]
+
+
+def init_violations(edges: dict[str, list[tuple[int, str]]]) -> list[str]:
+    """``bench/__init__.py``'s imports of bench modules."""
+    return [f"bench:{line} imports {dst}" for line, dst in edges.get("bench", [])]
 
 
 def direction_violations(edges: dict[str, list[tuple[int, str]]]) -> list[str]:
@@ -169,8 +208,39 @@ def test_no_isolation_specific_name_in_bench_or_reports():
 
 
 def test_import_rules_between_folders():
-    for folder, forbidden in (("core", {"bench", "methods", "reports", "torch"}),
+    for folder, forbidden in (("pluggable", {"bench", "methods", "reports", "torch"}),
                               ("methods", {"bench", "reports"}),
                               ("reports", {"bench", "methods", "torch", "ray"})):
         for p in sources(folder):
             assert not {m.split(".")[0] for _, m in imports(p)} & forbidden, p
+
+
+@pytest.mark.parametrize("package", ["methods", "reports"])
+def test_methods_and_reports_have_no_import_cycle(package):
+    assert cycles(graph(package)) == []
+
+
+def test_bench_init_imports_nothing_of_bench():
+    assert init_violations(graph()) == []
+
+
+def test_only_run_and_launch_import_reports_and_only_its_schema():
+    assert reports_violations(imports_of("reports")) == []
+
+
+def test_bench_never_imports_a_method_module():
+    assert methods_violations(imports_of("methods")) == []
+
+
+def test_the_checks_catch_a_methods_cycle_a_bench_init_import_and_engine_importing_reports():
+    edges = graph("methods")  # masks imports selection; selection importing masks closes a loop
+    edges["methods.parts.selection"] = [*edges["methods.parts.selection"], (3, "methods.parts.masks")]
+    assert cycles(edges)
+    edges = graph()
+    edges["bench"] = [(4, "bench.config")]
+    assert init_violations(edges) == ["bench:4 imports bench.config"]
+    assert reports_violations([("bench.engine.train", 9, "reports.schema")]) == [
+        "bench.engine.train:9 imports reports.schema"]
+    assert reports_violations([("bench.run.results", 9, "reports.tables")])
+    assert reports_violations([("bench.run.results", 9, "reports.schema"), ("bench.cli", 9, "reports.report")]) == []
+    assert methods_violations([("bench.engine.train", 5, "methods.epi")]) == ["bench.engine.train:5 imports methods.epi"]

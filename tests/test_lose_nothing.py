@@ -137,7 +137,7 @@ def test_a_truncated_grid_manifest_is_named(study, capsys):
 def test_a_second_run_of_a_running_cell_is_refused(tmp_path, capsys):
     from bench.files import hold_lock
     from bench.run.cells import load_run_config
-    from bench.run.execution import RUN_LOCK, RunBusy
+    from bench.run.status import RUN_LOCK, RunBusy
 
     config = load_run_config(run_file(tmp_path, "busy", "full_sft"))
     config.run_dir.mkdir(parents=True)
@@ -154,8 +154,8 @@ def test_a_killed_runs_lock_is_released(tmp_path):
 
 def test_home_is_expanded_once_for_every_path(tmp_path, monkeypatch):
     from bench.config import parse_override
+    from bench.run.base_scores import base_path
     from bench.run.cells import load_run_config
-    from bench.run.execution import base_path
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     config = load_run_config(run_file(tmp_path, "tilde", "full_sft"), parse_override("results_dir='~/res'"))
@@ -423,7 +423,7 @@ def test_an_unreachable_judge_fails_before_training_naming_it(tmp_path):
 def test_an_evaluation_failure_keeps_the_trained_stage(tmp_path, monkeypatch):
     """Checkpoints off (the CPU default): a stage's evaluation fails; the rerun evaluates that
     stage from what was trained, without training it again, and ends as a run done in one go."""
-    import bench.run.execution as execution
+    import bench.run.stages as execution
 
     config = run_file(tmp_path, "one_go", "full_sft")
     config.write_text(config.read_text().replace("checkpoint_every = 3", "checkpoint_every = 0"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.masks import IsolatedSet, jaccard, select_top_fraction
+from methods.parts.masks import IsolatedSet, jaccard, select_top_fraction
 
 
 def reference(scores, rho, normalize):

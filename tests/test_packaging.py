@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("core", "methods", "bench", "reports")
+PACKAGES = ("pluggable", "methods", "bench", "reports")
 
 
 def build_wheel(out: Path) -> Path:

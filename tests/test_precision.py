@@ -13,7 +13,7 @@ import methods
 from bench.config import ConfigError, RunConfig, TrainConfig, from_dict
 from bench.engine.precision import POLICIES
 from bench.run.memory_plan import plan_cell
-from tests.harness import FAST, Harness, contract_run, contract_violations
+from tests.harness import FAST, Harness, cell_of, contract_run, contract_violations
 
 BF16 = [p for p in POLICIES if p != "fp32"]
 
@@ -39,8 +39,9 @@ def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
     copies included), which the plan must cover and, but for a planned upper bound, equal."""
     options = FAST.get(name, {})
     h = contract_run(name, options, precision=precision)
-    config = from_dict(RunConfig, {"backbone": {"name": "tiny-llama"}, "method": {"name": name, "options": options},
-                                   "train": {"precision": precision, "batch_size": 4}}, "<test>")
+    config = cell_of({"backbone": {"name": "tiny-llama"}, "method": {"name": name, "options": options},
+                      "regime": "multistage" if methods.get(name).plans_stages else "multitask",
+                      "train": {"precision": precision, "batch_size": 4}})
     plan = plan_cell(config, None)
     params = list(h.model.parameters())
     trainable = [p for p in params if p.requires_grad]
@@ -138,11 +139,10 @@ def test_auto_is_bf16_mixed_on_gpu_and_on_a_cpu_with_bf16_units(monkeypatch):
 def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
     from bench.run.memory_plan import DoesNotFit, GiB, check_fits
 
-    def cell(workers: int) -> RunConfig:
-        return from_dict(RunConfig, {"backbone": {"name": "meta-llama/Meta-Llama-3-8B"}, "method": {"name": "epi"},
-                                     "train": {"precision": "bf16-mixed", "activation_checkpointing": True,
-                                               "batch_size": 16, "grad_accum": 8, "max_length": 1024,
-                                               "workers": workers}}, "<test>")
+    def cell(workers: int) -> object:
+        return cell_of({"backbone": {"name": "meta-llama/Meta-Llama-3-8B"}, "method": {"name": "epi"},
+                        "train": {"precision": "bf16-mixed", "activation_checkpointing": True,
+                                  "batch_size": 16, "grad_accum": 8, "max_length": 1024, "workers": workers}})
 
     one, eight = plan_cell(cell(1), 80 * GiB), plan_cell(cell(8), 80 * GiB)
     assert one.fits is False and eight.fits is True and eight.workers == 8
@@ -160,17 +160,16 @@ def test_memory_plan_per_gpu_of_a_sharded_cell_and_the_workers_that_would_fit():
 
 def test_the_memory_plan_resolves_auto_for_the_device_it_runs_on(monkeypatch):
     """``auto`` is fp32 on a CPU without bf16 units (the tests pin it) and bf16-mixed on a GPU, in the plan as in the run."""
-    import bench.run.memory_plan as memory_plan
+    import bench.run.cell as cells
 
-    config = from_dict(RunConfig, {"backbone": {"name": "random-llama-135m"}, "train": {"precision": "auto"}}, "<test>")
-    fixed = {name: plan_cell(from_dict(RunConfig, {"backbone": {"name": "random-llama-135m"},
-                                                   "train": {"precision": name}}, "<test>"), None)
+    auto = {"backbone": {"name": "random-llama-135m"}, "train": {"precision": "auto"}}
+    fixed = {name: plan_cell(cell_of({"backbone": {"name": "random-llama-135m"}, "train": {"precision": name}}), None)
              for name in ("fp32", "bf16-mixed")}
     assert fixed["fp32"].activations != fixed["bf16-mixed"].activations  # the two plans can be told apart
-    monkeypatch.setattr(memory_plan, "device", lambda: torch.device("cpu"))
-    assert plan_cell(config, None) == fixed["fp32"]
-    monkeypatch.setattr(memory_plan, "device", lambda: torch.device("cuda"))
-    assert plan_cell(config, None) == fixed["bf16-mixed"]
+    monkeypatch.setattr(cells, "device", lambda: torch.device("cpu"))
+    assert cell_of(auto).precision == "fp32" and plan_cell(cell_of(auto), None) == fixed["fp32"]
+    monkeypatch.setattr(cells, "device", lambda: torch.device("cuda"))
+    assert cell_of(auto).precision == "bf16-mixed" and plan_cell(cell_of(auto), None) == fixed["bf16-mixed"]
 
 
 def test_evaluation_casts_a_frozen_weight_once_not_at_every_forward():

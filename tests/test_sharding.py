@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import methods
-from tests.harness import FAST
+from tests.harness import FAST, cell_of
 from tests.sharded import spawn, trace, whole
 
 STEPS = 20
@@ -36,9 +36,9 @@ def selections() -> list[dict[str, Any]]:
     """Whole masks of the top-rho selection (and its per-layer counts) for several settings."""
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    from methods.collectives import world
-    from methods.masks import indices_to_mask
-    from methods.selection import per_layer_counts, select_top_fraction
+    from methods.parts.collectives import world
+    from methods.parts.masks import indices_to_mask
+    from methods.parts.selection import per_layer_counts, select_top_fraction
 
     full = scores()
     if world() > 1:
@@ -175,10 +175,9 @@ def test_a_worker_refuses_a_process_group_of_another_size() -> None:
 def test_one_resource_policy_for_grid_trials_and_single_runs(monkeypatch) -> None:
     import os
 
-    from bench.config import RunConfig, from_dict
     from bench.launch.dispatch import resources
 
-    cell = from_dict(RunConfig, {"train": {"workers": 2, "grad_accum": 2}}, "<test>")
+    cell = cell_of({"train": {"workers": 2, "grad_accum": 2}})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resources(cell) == {"cpu": 2.0}  # a grid packs trials: one CPU per worker
     assert resources(cell, alone=True) == {"cpu": float(os.cpu_count())}  # isobench run: the whole machine

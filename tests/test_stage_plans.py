@@ -14,7 +14,7 @@ from bench.cli import main
 from bench.config import ConfigError, merge, parse_override
 from bench.run import regimes
 from bench.run.cells import load_run_config
-from methods.merging import connected_groups, overlap_matrix, slerp
+from methods.parts.merging import connected_groups, overlap_matrix, slerp
 from tests.harness import FAST, Harness
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")

@@ -1,7 +1,7 @@
 """Analyses of training that any method can be run with (the config's ``[analysis]`` table):
 read-only observers on the ``Trainer``. Each name maps to its observer class; an empty table
-leaves the analysis off. ``build`` makes the observers of a config, ``check`` validates the
-table before any model loads."""
+leaves the analysis off. ``bench.run.checks.parse_analyses`` parses the tables before any model
+loads; ``build`` makes the observers from the parsed options."""
 
 from __future__ import annotations
 
@@ -11,32 +11,18 @@ from bench.analysis.conflict import GradientConflict
 from bench.analysis.drift import ImportanceDrift
 from bench.engine.data import StageData
 from bench.engine.observers import Observer
+from pluggable.options import Options
 
 ANALYSES: dict[str, Any] = {"importance_drift": ImportanceDrift, "gradient_conflict": GradientConflict}
 
 
-def check(tables: dict[str, dict[str, Any]]) -> None:
-    """Raise ``ValueError`` naming ``analysis.<name>`` for a bad option."""
-    for name, table in tables.items():
-        if table:
-            try:
-                ANALYSES[name].Options.build(table)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"key 'analysis.{name}': {e}") from None
+def planned_bytes(chosen: dict[str, Options], trainable: int, tasks: int) -> int:
+    """Memory the enabled analyses (name -> parsed options) hold for ``trainable`` parameters and
+    ``tasks`` tasks."""
+    return sum(ANALYSES[name].planned_bytes(options, trainable, tasks) for name, options in chosen.items())
 
 
-def planned_bytes(tables: dict[str, dict[str, Any]], trainable: int, tasks: int) -> int:
-    """Memory the enabled analyses hold for ``trainable`` parameters and ``tasks`` tasks."""
-    return sum(ANALYSES[name].planned_bytes(ANALYSES[name].Options.build(table), trainable, tasks)
-               for name, table in tables.items() if table)
-
-
-def build(tables: dict[str, dict[str, Any]], data: StageData) -> list[Observer]:
-    """The observers the tables ask for; ``data`` holds batches of every task of the run."""
-    out: list[Observer] = []
-    for name, table in tables.items():
-        if not table:
-            continue
-        cls = ANALYSES[name]
-        out.append(cls(cls.Options.build(table), data))
-    return out
+def build(chosen: dict[str, Options], data: StageData) -> list[Observer]:
+    """The observers of the enabled analyses (name -> parsed options); ``data`` holds batches of
+    every task of the run."""
+    return [ANALYSES[name](options, data) for name, options in chosen.items()]

@@ -29,9 +29,9 @@ from torch import nn
 
 from bench.engine.data import StageData
 from bench.engine.observers import Observer, Recorder
-from core.options import Options
 from methods.base import StageContext
-from methods.collectives import local, local_indices, reduce_
+from methods.parts.collectives import local, local_indices, reduce_
+from pluggable.options import Options
 
 GROUPS = (("attention", re.compile(r"attn|attention", re.I)), ("mlp", re.compile(r"mlp|feed_forward|ffn", re.I)),
           ("embedding", re.compile(r"embed|lm_head|wte|wpe", re.I)), ("norm", re.compile(r"norm|\bln", re.I)))

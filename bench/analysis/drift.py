@@ -1,10 +1,10 @@
 """Importance drift for any method: does the set of important parameters move during training?
 
-An fp32 EMA of g^2 over every trainable parameter (``methods.importance.GradSquaredEMA``), fed
+An fp32 EMA of g^2 over every trainable parameter (``methods.parts.importance.GradSquaredEMA``), fed
 with the step's gradients as the loss gave them (``on_gradients``: before a method zeroes any).
 ``source = "adam_v"`` reads the optimizer's second moment instead (an EMA of g^2 with beta2,
 after clipping and after the method's hooks), which costs no memory: the choice at 7-9B scale.
-Every ``every`` steps it takes a snapshot: the global top-``rho`` set (``methods.selection``,
+Every ``every`` steps it takes a snapshot: the global top-``rho`` set (``methods.parts.selection``,
 per-tensor min-max normalized by default) and the mean importance of each
 tensor. Each snapshot records the set's Jaccard with the previous and with the first snapshot,
 and the Spearman rank correlation of the per-tensor means with the previous snapshot. Events
@@ -24,11 +24,11 @@ from torch import nn
 
 from bench.engine.data import StageData
 from bench.engine.observers import Observer, Recorder
-from core.options import Options
 from methods.base import StageContext
-from methods.collectives import local, reduce_
-from methods.importance import GradSquaredEMA, second_moment
-from methods.selection import jaccard, per_layer_counts, select_top_fraction
+from methods.parts.collectives import local, reduce_
+from methods.parts.importance import GradSquaredEMA, second_moment
+from methods.parts.selection import jaccard, per_layer_counts, select_top_fraction
+from pluggable.options import Options
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from methods.registry import Registry
+from pluggable.registry import Registry
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 # Architecture shapes of real sizes (from the models' published configs).

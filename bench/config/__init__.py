@@ -19,12 +19,14 @@ from bench.config.schema import (
     RunConfig,
     TasksConfig,
     TrainConfig,
+    config_digest,
     field,
     lookup,
+    run_folder,
     to_dict,
 )
 
 __all__ = ["ADDED_LATER", "OPERATIONAL", "POLICIES", "REGIMES", "RENAMED", "AnalysisConfig", "BackboneConfig",
            "ConfigError", "EvalConfig", "MethodSpec", "Replace", "RunConfig", "TasksConfig", "TrainConfig",
-           "check_unique", "expand_home", "field", "from_dict", "lookup", "merge", "parse_override", "read_toml",
-           "resolve_sources", "to_dict"]
+           "check_unique", "config_digest", "expand_home", "field", "from_dict", "lookup", "merge", "parse_override", "read_toml",
+           "resolve_sources", "run_folder", "to_dict"]

@@ -1,5 +1,5 @@
 """Loading a run config: TOML files and ``--set`` overrides -> ``RunConfig``, through the one
-typed-options builder (``core.options``). An unknown key or a bad value raises ``ConfigError``
+typed-options builder (``pluggable.options``). An unknown key or a bad value raises ``ConfigError``
 naming the file, the dotted key and what is allowed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config.schema import RENAMED, ConfigError
-from core import options
+from pluggable import options
 
 
 def check_unique(values: list[Any], key: str, where: str) -> None:

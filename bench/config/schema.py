@@ -8,6 +8,7 @@ the checks that need the registries and the file system are ``bench.run.checks``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -175,34 +176,36 @@ class RunConfig:
     analysis: AnalysisConfig = dataclasses.field(default_factory=AnalysisConfig)
 
     @property
-    def config_hash(self) -> str:
-        """sha1 of the canonical resolved config, without the keys that cannot change a result
-        (``OPERATIONAL``): the same science always has the same hash."""
-        canon = to_dict(self)
-        for dotted in [*OPERATIONAL, *(k for k, v in ADDED_LATER.items() if lookup(canon, k) == v)]:
-            *path, last = dotted.split(".")
-            table = canon
-            for part in path:
-                table = table[part]
-            table.pop(last)
-        canon = {k: v for k, v in canon.items() if v != {}}  # a table emptied by the above
-        return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+    def spelled_hash(self) -> str:
+        """``config_digest`` of the config as written (every option as spelled): the hash that run
+        ids had before ids were taken from resolved options (``bench.run.cell.Cell.config_hash``);
+        a study's folders under such an id are found by it."""
+        return config_digest(to_dict(self))
 
-    @property
-    def run_id(self) -> str:
-        """Method name + short config hash."""
-        return f"{self.method.name}-{self.config_hash[:10]}"
 
-    @property
-    def run_dir(self) -> Path:
-        """``<results_dir>/<study>/<run_id>``, resolved (symbolic links followed) and checked to
-        lie inside ``results_dir``: nothing taken from a config ever writes outside it."""
-        root = Path(self.results_dir).expanduser().resolve()
-        run_dir = (root / self.study / self.run_id).resolve()
-        if not run_dir.is_relative_to(root):
-            raise ConfigError(f"results folder {root / self.study / self.run_id} resolves to {run_dir}, "
-                              f"outside results_dir {root} (a symbolic link?): refusing to write there")
-        return run_dir
+def config_digest(canon: dict[str, Any]) -> str:
+    """sha1 of a config table without the keys that cannot change a result (``OPERATIONAL``) and
+    the keys ``ADDED_LATER`` at the value they had before they existed."""
+    canon = copy.deepcopy(canon)
+    for dotted in [*OPERATIONAL, *(k for k, v in ADDED_LATER.items() if lookup(canon, k) == v)]:
+        *path, last = dotted.split(".")
+        table = canon
+        for part in path:
+            table = table[part]
+        table.pop(last)
+    canon = {k: v for k, v in canon.items() if v != {}}  # a table emptied by the above
+    return hashlib.sha1(json.dumps(canon, sort_keys=True).encode()).hexdigest()
+
+
+def run_folder(results_dir: str, study: str, run_id: str) -> Path:
+    """``<results_dir>/<study>/<run_id>``, resolved (symbolic links followed) and checked to lie
+    inside ``results_dir``: nothing taken from a config ever writes outside it."""
+    root = Path(results_dir).expanduser().resolve()
+    run_dir = (root / study / run_id).resolve()
+    if not run_dir.is_relative_to(root):
+        raise ConfigError(f"results folder {root / study / run_id} resolves to {run_dir}, "
+                          f"outside results_dir {root} (a symbolic link?): refusing to write there")
+    return run_dir
 
 
 def lookup(table: dict[str, Any], dotted: str) -> Any:

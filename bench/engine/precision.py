@@ -3,7 +3,7 @@ parameter dtype, the autocast of every forward (training, a method's calibration
 evaluation) and which optimizer applies the update. The loop and the methods ask this object
 for dtypes, autocast and the optimizer, and never compare a policy's name. What they do know of
 the optimizers this object builds: the loop puts a resumed LR back into torchao's tensor LR
-(``bench/engine/train.py``), and ``methods/importance.py`` reads Adam's second moment under the
+(``bench/engine/train.py``), and ``methods/parts/importance.py`` reads Adam's second moment under the
 state keys of torch, torchao and torch-optimi.
 
 - ``fp32``: fp32 weights, fp32 AdamW state, fp32 compute (``auto`` on a CPU without bf16

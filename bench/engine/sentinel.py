@@ -21,8 +21,8 @@ from torch import nn
 
 from bench.engine.observers import Observer, Recorder
 from methods.base import StageContext
-from methods.collectives import local, local_indices, reduce_
-from methods.held import held_at
+from methods.parts.collectives import local, local_indices, reduce_
+from methods.parts.held import held_at
 
 SAMPLE = 1 << 20
 

@@ -34,7 +34,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from bench.engine.precision import Precision
-from methods.collectives import barrier, reduce_
+from methods.parts.collectives import barrier, reduce_
 
 T = TypeVar("T")
 

@@ -40,7 +40,7 @@ from bench.engine.precision import Precision
 from bench.engine.run_log import RunLog
 from bench.engine.sharding import Sharding
 from methods.base import Method, PlanContext, StageContext, StagePlan
-from methods.held import held_count
+from methods.parts.held import held_count
 
 T = TypeVar("T")
 

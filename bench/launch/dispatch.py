@@ -16,13 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError, RunConfig
+from bench.config import ConfigError
 from bench.launch.ray_session import ray_session
 from bench.run import results as res
+from bench.run.cell import Cell
 from bench.run.execution import execute
 
 
-def resources(cell: RunConfig, override: dict[str, Any] | None = None, *, alone: bool = False) -> dict[str, float]:
+def resources(cell: Cell, override: dict[str, Any] | None = None, *, alone: bool = False) -> dict[str, float]:
     """What one trial of ``cell`` holds (lower-case Ray resource names); ``alone``: the trial is
     the only one on this machine."""
     if override:
@@ -47,21 +48,21 @@ def check_resources(per_trial: dict[str, float], address: str | None) -> None:
                               f"allowed: at most {have.get(key, 0):g} here, or run on a cluster with --address")
 
 
-def run_cell(config: RunConfig, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
+def run_cell(cell: Cell, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
              progress: bool = True, listeners: list[Callable[[dict[str, Any]], None]] | None = None,
              timing: dict[str, float] | None = None, own_session: bool = False) -> res.Result:
-    """Train and evaluate ``config``, holding ``per_trial``: in this process with that many torch
+    """Train and evaluate ``cell``, holding ``per_trial``: in this process with that many torch
     threads, or on ``train.workers`` Ray Train workers (in the running Ray session, or in one of
     its own with ``own_session``)."""
-    if config.train.workers == 1:
+    if cell.train.workers == 1:
         import torch
 
         torch.set_num_threads(max(1, int(per_trial.get("cpu", 1))))
-        return execute(config, progress=progress, force=force, restart=restart, listeners=listeners, timing=timing)
+        return execute(cell, progress=progress, force=force, restart=restart, listeners=listeners, timing=timing)
     from bench.launch.workers import launch
 
     if not own_session:
-        return launch(config, per_trial, force=force, restart=restart, progress=False)
+        return launch(cell, per_trial, force=force, restart=restart, progress=False)
     address = os.environ.get("RAY_ADDRESS")
-    with ray_session(Path(config.results_dir) / config.study, address):
-        return launch(config, per_trial, force=force, restart=restart, progress=False)
+    with ray_session(Path(cell.results_dir) / cell.study, address):
+        return launch(cell, per_trial, force=force, restart=restart, progress=False)

@@ -34,15 +34,17 @@ from bench.config import RunConfig, from_dict, to_dict
 from bench.engine.precision import CPU_BF16_ENV, cpu_bf16
 from bench.launch.dispatch import check_resources, resources, run_cell
 from bench.launch.dry_run import cell_steps, plans
-from bench.launch.manifest import cell_status, summarize, write_manifest
+from bench.launch.manifest import summarize, write_manifest
 from bench.launch.progress import GridProgress, clock
 from bench.launch.ray_session import ray_session
 from bench.launch.study_lock import study_lock
 from bench.run import results as res
+from bench.run.base_scores import base_key, ensure_base_scores
+from bench.run.cell import Cell, resolve
 from bench.run.cells import Grid
 from bench.run.cost_plan import Assumptions, measured, plan_costs
-from bench.run.execution import RunBusy, base_key, crash_result, ensure_base_scores
 from bench.run.memory_plan import DoesNotFit, check_fits
+from bench.run.status import RunBusy, cell_status, crash_result, twin_index
 
 # A sharded cell's Tune trial only drives its TorchTrainer: one byte of memory, because Ray
 # refuses an empty request and any CPU it held would be missing for the trainer's workers.
@@ -55,18 +57,18 @@ def _trial(space: dict[str, Any]) -> None:
     start = time.perf_counter()
     from ray import tune
 
-    config = from_dict(RunConfig, space["cell"], "<grid cell>")
-    ident = {"run_id": config.run_id, "method": config.method.name, "seed": config.seed,
-             "stages": cell_steps(config)[0]}
+    cell = resolve(from_dict(RunConfig, space["cell"]["config"], "<grid cell>"), "<grid cell>")
+    ident = {"run_id": cell.run_id, "method": cell.method_name, "seed": cell.seed,
+             "stages": cell_steps(cell)[0]}
 
     def report(record: dict[str, Any]) -> None:
         tune.report({**ident, **{k: v for k, v in record.items() if isinstance(v, int | float)}})
 
     try:
-        result = run_cell(config, space["resources"][config.run_id], restart=space["restart"], progress=False,
+        result = run_cell(cell, space["resources"][cell.run_id], restart=space["restart"], progress=False,
                           listeners=[report], timing={"setup_s": time.perf_counter() - start})
     except RunBusy as e:  # an `isobench run` of this cell holds it: its own result will say how it ended
-        print(f"[grid] {config.run_id} not run: {e}", file=sys.stderr)
+        print(f"[grid] {cell.run_id} not run: {e}", file=sys.stderr)
         tune.report({**ident, "status_success": 0.0})
         return
     tune.report({**ident, "status_success": float(result.ok)})
@@ -81,8 +83,9 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
         check_resources(resources(cell, grid.spec.resources), address)
     with study_lock(grid.study_dir.resolve()):
         too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
+        twins = twin_index(grid.study_dir)
         for cell, _ in too_big:
-            if cell_status(cell) != "success":
+            if cell_status(cell, twins) != "success":
                 try:
                     check_fits(cell, device_bytes)
                 except DoesNotFit as e:
@@ -116,13 +119,14 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     from ray import tune
 
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
-    write_manifest(grid)
+    twins = twin_index(grid.study_dir)  # folders holding a cell under its spelled-out id count as the cell
+    write_manifest(grid, twins)
     redo = {"failed"} if retry_failed else {"missing", "running", "corrupt", "stale"}
-    todo = [c for c in grid.cells if cell_status(c) in redo]
+    todo = [c for c in grid.cells if cell_status(c, twins) in redo]
     counts = {"total": len(grid.cells), "scheduled": len(todo)}
     if not todo:
         print(f"[grid] nothing to run: {len(grid.cells)} cells, none {' or '.join(sorted(redo))}", file=sys.stderr)
-        return {**counts, **summarize(grid)}
+        return {**counts, **summarize(grid, twins)}
     study_dir = grid.study_dir.resolve()
     # ``auto`` precision is decided once here and inherited by every trial this machine starts, so
     # one grid's cells never resolve it differently (a remote cluster's workers decide on their own)
@@ -140,12 +144,12 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
                 _record_crash(c, e)
             todo = [c for c in todo if base_key(c) != key]
     if not todo:
-        return {**counts, **summarize(grid), "unfinished": 0}
+        return {**counts, **summarize(grid, twins), "unfinished": 0}
     per_trial = {c.run_id: resources(c, grid.spec.resources) for c in todo}
     estimate = sum(c.total_h for c in plan_costs(todo, assume)[:len(todo)])
 
     def trial_resources(space: dict[str, Any]) -> dict[str, float]:
-        cell = from_dict(RunConfig, space["cell"], "<grid cell>")
+        cell = by_id[space["cell"]["run_id"]]
         return DRIVER if cell.train.workers > 1 else per_trial[cell.run_id]
 
     progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
@@ -160,14 +164,15 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
             progress.tick()
 
         def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
-            progress.finished(from_dict(RunConfig, trial.config["cell"], "<cell>").run_id, failed=False)
+            progress.finished(trial.config["cell"]["run_id"], failed=False)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
-            run_id = from_dict(RunConfig, trial.config["cell"], "<cell>").run_id
+            run_id = trial.config["cell"]["run_id"]
             errors[run_id] = trial.path
             progress.finished(run_id, failed=True)
 
-    cells = [{**to_dict(c), "results_dir": str(Path(c.results_dir).resolve())} for c in todo]
+    cells = [{"config": {**to_dict(c.config), "results_dir": str(Path(c.results_dir).resolve())}, "run_id": c.run_id}
+             for c in todo]
     with ray_session(study_dir, address, verbose):
         kinds = sorted({json.dumps(r, sort_keys=True) for r in per_trial.values()})
         print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {' or '.join(kinds)} per trial", file=sys.stderr)
@@ -200,12 +205,12 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     if ran:
         print(f"[grid] cost: estimated {estimate:,.3f} device-hours for the {len(todo)} cells run, measured "
               f"{sum(t + e for t, e in ran) / 3600:,.3f} for the {len(ran)} that succeeded", file=sys.stderr)
-    return {**counts, **summarize(grid), "unfinished": unfinished}
+    return {**counts, **summarize(grid, twins), "unfinished": unfinished}
 
 
-def _failed(config: RunConfig, error: BaseException) -> res.Result:
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    return crash_result(config, worker_death(error))
+def _failed(cell: Cell, error: BaseException) -> res.Result:
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    return crash_result(cell, worker_death(error))
 
 
 def worker_death(error: BaseException) -> BaseException:
@@ -231,12 +236,27 @@ class WorkerDied(RuntimeError):
     """The trial's process died without writing a result."""
 
 
-def _record_crash(config: RunConfig, error: BaseException) -> None:
+def _record_crash(cell: Cell, error: BaseException) -> None:
     """A trial died without writing its result (e.g. killed for memory): record it as failed."""
-    res.write_result(config.run_dir, _failed(config, error))
+    res.write_result(cell.run_dir, _failed(cell, error))
 
 
-def print_breakdown(cells: list[RunConfig]) -> None:
+def failure_lines(grid: Grid) -> list[str]:
+    """One line per cell of ``grid`` whose result is failed (its error) or cannot be read."""
+    lines = []
+    for c in grid.cells:
+        try:
+            r = res.read_result(c.run_dir)
+        except res.ResultError as e:
+            lines.append(f"  corrupt {c.run_id}: {e}")
+            continue
+        if r is not None and r.run.status == "failed" and r.run.error is not None:
+            e = r.run.error
+            lines.append(f"  failed {c.run_id}: {e.type}: {e.message} (step {e.step})")
+    return lines
+
+
+def print_breakdown(cells: list[Cell]) -> None:
     """One line per cell run this time: where its wall time went."""
     for c in cells:
         try:

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from bench.backbones.registry import resolve
-from bench.config import RunConfig
 from bench.launch.dispatch import resources
+from bench.run.cell import Cell
 from bench.run.cells import Grid
 from bench.run.cost_plan import parameters
 from bench.suite.tasks.paper import HUB_IDS
@@ -23,7 +23,7 @@ def offline() -> bool:
 
 
 def cached(repo_id: str, repo_type: str) -> bool:
-    """Whether ``HF_HOME``'s hub cache holds ``repo_id`` (a model's config, or any of a dataset)."""
+    """Whether ``HF_HOME``'s hub cache holds ``repo_id`` (a model's cell, or any of a dataset)."""
     from huggingface_hub import scan_cache_dir, try_to_load_from_cache
 
     if repo_type == "model":
@@ -47,7 +47,7 @@ def reachable(repo_id: str, repo_type: str) -> str | None:
     return None
 
 
-def backbone_line(cell: RunConfig) -> str:
+def backbone_line(cell: Cell) -> str:
     name = cell.backbone.name
     backbone = resolve(name)
     if backbone.model_id is None:

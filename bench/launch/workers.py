@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.config import RunConfig, from_dict, to_dict
 from bench.run import results as res
+from bench.run.cell import Cell, resolve
 
 
 def worker_resources(per_trial: dict[str, float], workers: int) -> dict[str, float]:
@@ -61,47 +62,47 @@ def worker_main(payload: dict[str, Any]) -> None:
         torch.cuda.set_device(ray.train.torch.get_device())
     from bench.run.execution import execute
 
-    config = from_dict(RunConfig, payload["cell"], "<sharded run>")
-    execute(config, progress=payload["progress"], force=payload["force"], restart=payload["restart"],
+    cell = resolve(from_dict(RunConfig, payload["cell"], "<sharded run>"), "<sharded run>")
+    execute(cell, progress=payload["progress"], force=payload["force"], restart=payload["restart"],
             timing={"setup_s": time.time() - payload["started"]})
 
 
-def launch(config: RunConfig, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
+def launch(cell: Cell, per_trial: dict[str, float], *, force: bool = False, restart: bool = False,
            progress: bool = True) -> res.Result:
-    """Run ``config`` on ``config.train.workers`` Ray Train workers (Ray must be initialized);
+    """Run ``cell`` on ``cell.train.workers`` Ray Train workers (Ray must be initialized);
     returns the result rank 0 wrote, or a failed result built from Ray's error."""
     import torch
     from ray.train import RunConfig as RayRunConfig
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from bench.run.execution import crash_result
+    from bench.run.status import crash_result
 
-    workers = config.train.workers
+    workers = cell.train.workers
     share = worker_resources(per_trial, workers)
     use_gpu = share.get("GPU", 0) > 0 or (not per_trial and torch.cuda.is_available())
-    payload = {"cell": to_dict(config), "threads": share.get("CPU", 1), "progress": progress, "force": force,
+    payload = {"cell": to_dict(cell.config), "threads": share.get("CPU", 1), "progress": progress, "force": force,
                "restart": restart, "started": time.time()}
     trainer = TorchTrainer(
         worker_main, train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=share or None),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=config.train.rendezvous_timeout_s),
-        run_config=RayRunConfig(name=f"{config.run_id}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                storage_path=str((Path(config.results_dir) / config.study / ".ray").resolve())))
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=cell.train.rendezvous_timeout_s),
+        run_config=RayRunConfig(name=f"{cell.run_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                storage_path=str((Path(cell.results_dir) / cell.study / ".ray").resolve())))
     try:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - a worker died: recorded as the run's failure
         import ray
 
-        result = res.read_result(config.run_dir)
+        result = res.read_result(cell.run_dir)
         if result is None or result.run.status == "running":
-            clear = rendezvous_failure(e, workers, config.train.rendezvous_timeout_s, ray.util.get_node_ip_address())
+            clear = rendezvous_failure(e, workers, cell.train.rendezvous_timeout_s, ray.util.get_node_ip_address())
             if clear is not None:
-                print(f"error: {config.run_id}: {clear}", flush=True)
-            result = crash_result(config, clear or e)
-            res.write_result(config.run_dir, result)
+                print(f"error: {cell.run_id}: {clear}", flush=True)
+            result = crash_result(cell, clear or e)
+            res.write_result(cell.run_dir, result)
         return result
-    result = res.read_result(config.run_dir)
+    result = res.read_result(cell.run_dir)
     if result is None:
-        raise RuntimeError(f"{config.run_id}: the workers finished without writing {config.run_dir / 'result.json'}")
+        raise RuntimeError(f"{cell.run_id}: the workers finished without writing {cell.run_dir / 'result.json'}")
     return result

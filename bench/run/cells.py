@@ -44,7 +44,7 @@ from bench.config import (
     read_toml,
     resolve_sources,
 )
-from bench.run.checks import validate
+from bench.run.cell import Cell, resolve
 from bench.run.memory_plan import parse_size
 
 
@@ -68,7 +68,7 @@ class GridSpec:
 class Grid:
     path: Path
     spec: GridSpec
-    cells: list[RunConfig]
+    cells: list[Cell]
 
     @property
     def study_dir(self) -> Path:
@@ -202,24 +202,27 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
             config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
-            cells.append(validate(config, where))
+            cells.append(resolve(config, where))
     ids = [c.run_id for c in cells]
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"{where}: the grid expands to duplicate cells (same resolved config twice)")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(f"{where}: the grid expands to duplicate cells (the same resolved config twice: "
+                          f"{', '.join(twice)}; an option at its default value is the same cell as the option "
+                          f"left unset)")
     return Grid(Path(path), spec, cells)
 
 
-def load_cells(path: str | Path, overrides: dict[str, Any] | None = None) -> list[RunConfig]:
+def load_cells(path: str | Path, overrides: dict[str, Any] | None = None) -> list[Cell]:
     """The cells of a grid file, or the single run of a plain run file."""
     if "grid" in read_toml(path):
         return load_grid(path, overrides).cells
     return [load_run_config(path, overrides)]
 
 
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config file (no ``[grid]`` table), apply overrides, validate."""
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Cell:
+    """Read a run config file (no ``[grid]`` table), apply overrides, resolve it into its cell."""
     data = resolve_sources(read_toml(path), path)
     if "grid" in data:
         raise ConfigError(f"{path}: has a [grid] table: run it with 'isobench grid {path}'")
     data = expand_home(merge(data, overrides or {}))
-    return validate(from_dict(RunConfig, data, str(path)), str(path))
+    return resolve(from_dict(RunConfig, data, str(path)), str(path))

@@ -1,7 +1,9 @@
 """Checks of a whole run config that need more than its own fields: the registries (method,
-options, tasks, judge), the file system (study name, results_dir, task sources, a local backbone
-folder) and the containment of the run folder inside ``results_dir`` (``RunConfig.run_dir``). All run before any
-model loads and before anything is written.
+tasks, judge), the file system (study name, results_dir, task sources, a local backbone folder),
+and the parsers of its option tables into their typed options (the method's, retention, the
+judge, the analyses), each raising ``ConfigError`` naming the file, the key and what is allowed.
+``bench.run.cell.resolve`` calls them once per cell, before any model loads and before anything
+is written.
 """
 
 from __future__ import annotations
@@ -12,25 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import methods
-from bench import analysis
+from bench.analysis import ANALYSES
 from bench.backbones.registry import BACKBONES
 from bench.config import ConfigError, RunConfig, check_unique
 from bench.suite.judge import JUDGE_OPTIONS
 from bench.suite.retention import RetentionOptions
 from bench.suite.retention import source_problem as retention_source_problem
 from bench.suite.tasks import TASKS, source_problem
-from core import options
+from pluggable import options
 
 
-def validate(config: RunConfig, where: str) -> RunConfig:
-    """Cross-field checks that need the registries (method name and options, task names),
-    paths (study, results_dir, task sources, a local backbone folder) and duplicates."""
+def check_config(config: RunConfig, where: str) -> None:
+    """Cross-field checks that need the registries (method name, task names), paths (study,
+    results_dir, task sources, a local backbone folder) and duplicates."""
     check_study(config.study, where)
     check_results_dir(config.results_dir, where)
-    try:
-        config.run_dir  # noqa: B018 - resolving it checks that it stays inside results_dir
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
     check_backbone(config.backbone.name, where)
     check_unique(config.tasks.names, "tasks.names", where)
     for task, source in config.tasks.sources.items():
@@ -38,16 +36,11 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         if problem:
             raise ConfigError(f"{where}: key 'tasks.sources.{task}': {source!r} {problem}; "
                               f"allowed: 'hub' or an existing file, or a folder with the task's files")
-
     try:
-        methods.build(config.method.name, config.method.options)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
+        methods.get(config.method.name)
+    except KeyError as e:
+        raise ConfigError(f"{where}: key 'method': {e.args[0]}") from None
     check_stages(config, where)
-    try:
-        analysis.check(dataclasses.asdict(config.analysis))
-    except ValueError as e:
-        raise ConfigError(f"{where}: {e}") from None
     unknown = [t for t in config.tasks.names if t not in TASKS]
     if unknown or not config.tasks.names:
         raise ConfigError(f"{where}: bad value {config.tasks.names!r} for key 'tasks.names'; "
@@ -61,11 +54,6 @@ def validate(config: RunConfig, where: str) -> RunConfig:
         if most is not None and want > most:
             raise ConfigError(f"{where}: tasks.train_size + tasks.test_size = {want}, but task {name!r} has "
                               f"{most} distinct prompts; allowed: at most {most} together")
-    judge = config.eval.judge
-    if judge:
-        check_judge(judge, where)
-    if config.eval.retention:
-        check_retention(config.eval.retention, where)
     context = BACKBONES[config.backbone.name].context if config.backbone.name in BACKBONES else None
     for key, value in (("eval.max_gen_toks", config.eval.max_gen_toks), ("train.max_length", config.train.max_length)):
         if context is not None and value >= context:
@@ -74,11 +62,37 @@ def validate(config: RunConfig, where: str) -> RunConfig:
     if config.eval.limit > config.tasks.test_size:
         raise ConfigError(f"{where}: eval.limit = {config.eval.limit} exceeds tasks.test_size = "
                           f"{config.tasks.test_size}")
-    return config
 
 
-def check_retention(table: dict[str, Any], where: str) -> None:
-    """``eval.retention``: every option's type and a local text file that exists."""
+def parse_method(config: RunConfig, where: str) -> methods.MethodConfig:
+    """``method.options`` as the method's typed config."""
+    cls = methods.get(config.method.name)
+    try:
+        return options.build(cls.Config, config.method.options, where=f"method {config.method.name!r}")
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: key 'method': {e.args[0] if e.args else e}") from None
+
+
+def parse_analyses(tables: dict[str, dict[str, Any]], where: str) -> dict[str, options.Options]:
+    """The enabled analyses (a non-empty ``analysis.<name>`` table) as their typed options."""
+    out = {}
+    for name, table in tables.items():
+        if not table:
+            continue
+        try:
+            out[name] = options.build(ANALYSES[name].Options, table, where=where, what="key",
+                                      prefix=f"analysis.{name}.", error=ConfigError)
+        except ConfigError:
+            raise
+        except ValueError as e:  # a rule of the options' own checks
+            raise ConfigError(f"{where}: key 'analysis.{name}': {e}") from None
+    return out
+
+
+def parse_retention(table: dict[str, Any], where: str) -> RetentionOptions | None:
+    """``eval.retention`` (None: off): every option's type and a local text file that exists."""
+    if not table:
+        return None
     try:
         chosen = options.build(RetentionOptions, table, where=where, what="key", prefix="eval.retention.",
                                error=ConfigError)
@@ -89,11 +103,14 @@ def check_retention(table: dict[str, Any], where: str) -> None:
     problem = retention_source_problem(chosen)
     if problem:
         raise ConfigError(f"{where}: key 'eval.retention.source': {problem}")
+    return chosen
 
 
-def check_judge(judge: dict[str, Any], where: str) -> None:
-    """``eval.judge``: its kind, every option's type, and what it points at (a set key
-    variable, a local judge folder), before any model loads."""
+def parse_judge(judge: dict[str, Any], where: str) -> options.Options | None:
+    """``eval.judge`` (None: off): its kind, every option's type, and what it points at (a set
+    key variable, a local judge folder), before any model loads."""
+    if not judge:
+        return None
     kind = judge.get("kind")
     if kind not in JUDGE_OPTIONS:
         raise ConfigError(f"{where}: bad value {kind!r} for key 'eval.judge.kind'; allowed: "
@@ -103,13 +120,15 @@ def check_judge(judge: dict[str, Any], where: str) -> None:
     if missing:
         raise ConfigError(f"{where}: key 'eval.judge' of kind {kind!r} misses {', '.join(missing)}")
     try:
-        options.build(JUDGE_OPTIONS[kind], judge, where=where, what="key", prefix="eval.judge.", error=ConfigError)
+        chosen = options.build(JUDGE_OPTIONS[kind], judge, where=where, what="key", prefix="eval.judge.",
+                               error=ConfigError)
     except ConfigError:
         raise
     except ValueError as e:  # a rule of the options' own checks
         raise ConfigError(f"{where}: key 'eval.judge': {e}") from None
     if kind == "hf":
         check_backbone(judge["model"], where, key="eval.judge.model")
+    return chosen
 
 
 def check_stages(config: RunConfig, where: str) -> None:

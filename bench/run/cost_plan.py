@@ -26,12 +26,14 @@ import json
 from collections.abc import Sequence
 
 from bench.backbones.registry import device
-from bench.config import RunConfig, to_dict
+from bench.config import to_dict
 from bench.engine.precision import Precision
 from bench.run import results as res
+from bench.run.cell import Cell
 from bench.run.memory_plan import adapted_meta_model, shape_of
 from bench.run.regimes import regime_plan
 from bench.suite.tasks import TASKS
+from pluggable.options import non_default
 
 H100_BF16_FLOPS = 989e12
 GENERATING = {"generate", "gsm8k", "open"}
@@ -42,6 +44,13 @@ class Assumptions:
     mfu: float = 0.40
     eval_mfu: float = 0.05
     device_flops: float = H100_BF16_FLOPS
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--assume-mfu", self.mfu), ("--assume-eval-mfu", self.eval_mfu)):
+            if not 0 < value <= 1:  # also false for nan
+                raise ValueError(f"{flag} {value}: allowed: a fraction in (0, 1]")
+        if not (0 < self.device_flops < float("inf")):  # nan and inf would make every cost nan or 0
+            raise ValueError(f"--device-flops {self.device_flops}: allowed: a finite number > 0")
 
     def text(self) -> str:
         return (f"training at {100 * self.mfu:.0f}% and evaluation at {100 * self.eval_mfu:.0f}% of "
@@ -60,12 +69,12 @@ class Cost:
         return self.train_h + self.eval_h
 
 
-def parameters(config: RunConfig) -> tuple[int, int] | None:
+def parameters(cell: Cell) -> tuple[int, int] | None:
     """(all, trainable) parameters of the cell's model as its method adapts it; None offline without a shape."""
-    shape = shape_of(config.backbone.name)
+    shape = shape_of(cell.backbone.name)
     if shape is None:
         return None
-    model, _ = adapted_meta_model(config, shape, Precision.from_config(config.train.precision, device()))
+    model, _ = adapted_meta_model(cell, shape, Precision.from_config(cell.precision, device()))
     params = list(model.parameters())
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
@@ -73,48 +82,48 @@ def parameters(config: RunConfig) -> tuple[int, int] | None:
 _WORK: dict[str, tuple[int, float, float]] = {}
 
 
-def work(config: RunConfig) -> tuple[int, float, float]:
+def work(cell: Cell) -> tuple[int, float, float]:
     """(training tokens, training FLOPs, evaluation FLOPs of one evaluation) of a cell, or zeros."""
-    key = similar(config) + str(len(regime_plan(config).groups))
+    key = similar(cell) + str(len(regime_plan(cell).groups))
     if key not in _WORK:
-        _WORK[key] = _work(config)
+        _WORK[key] = _work(cell)
     return _WORK[key]
 
 
-def _work(config: RunConfig) -> tuple[int, float, float]:
-    counted = parameters(config)
+def _work(cell: Cell) -> tuple[int, float, float]:
+    counted = parameters(cell)
     if counted is None:
         return 0, 0.0, 0.0
     n, trainable = counted
-    t = config.train
-    stages = len(regime_plan(config).groups)
+    t = cell.train
+    stages = len(regime_plan(cell).groups)
     tokens = stages * t.steps_per_stage * t.batch_size * t.max_length
     per_token = 2 * n + 2 * n + 2 * trainable + (2 * n if t.activation_checkpointing else 0)
-    per_eval = sum(config.eval.limit * 2 * n * (t.max_length * (2 if config.eval.nll else 1)
-                                                 + (config.eval.max_gen_toks if TASKS[name].kind in GENERATING else 0))
-                   for name in config.tasks.names)
+    per_eval = sum(cell.eval.limit * 2 * n * (t.max_length * (2 if cell.eval.nll else 1)
+                                                 + (cell.eval.max_gen_toks if TASKS[name].kind in GENERATING else 0))
+                   for name in cell.tasks.names)
     return tokens, float(tokens * per_token), float(per_eval)
 
 
-def evaluations(config: RunConfig) -> int:
+def evaluations(cell: Cell) -> int:
     """Evaluations of a cell: one per stage (the base scores are counted once per backbone)."""
-    return len(regime_plan(config).groups)
+    return len(regime_plan(cell).groups)
 
 
-def similar(config: RunConfig) -> str:
+def similar(cell: Cell) -> str:
     """What makes two cells cost the same per token: backbone, method and its options, training settings."""
-    return json.dumps([config.backbone.name, config.method.name, config.method.options, to_dict(config.train),
-                       to_dict(config.eval), config.tasks.names], sort_keys=True)
+    return json.dumps([cell.backbone.name, cell.method_name, non_default(cell.options), to_dict(cell.train),
+                       to_dict(cell.eval), cell.tasks.names], sort_keys=True)
 
 
-def steps(config: RunConfig) -> int:
-    return len(regime_plan(config).groups) * config.train.steps_per_stage
+def steps(cell: Cell) -> int:
+    return len(regime_plan(cell).groups) * cell.train.steps_per_stage
 
 
-def measured(config: RunConfig) -> tuple[float, float] | None:
+def measured(cell: Cell) -> tuple[float, float] | None:
     """(training, evaluation) device-seconds of a cell's successful result, or None."""
     try:
-        result = res.read_result(config.run_dir)
+        result = res.read_result(cell.run_dir)
     except res.ResultError:
         return None
     if result is None or not result.ok:
@@ -124,7 +133,7 @@ def measured(config: RunConfig) -> tuple[float, float] | None:
     return timing.get("train_s", 0.0) * workers, timing.get("eval_s", 0.0) * workers
 
 
-def plan_costs(cells: Sequence[RunConfig], assume: Assumptions) -> list[Cost]:
+def plan_costs(cells: Sequence[Cell], assume: Assumptions) -> list[Cost]:
     """Each cell's cost: measured where it ran, calibrated from measured cells like it (their
     device-seconds per step and per evaluation), else assumed; plus the base scores, once per
     backbone."""

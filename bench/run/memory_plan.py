@@ -43,8 +43,8 @@ import torch
 import methods
 from bench import analysis
 from bench.backbones.registry import device, resolve
-from bench.config import RunConfig
 from bench.engine.precision import Precision
+from bench.run.cell import Cell
 
 GiB = 1 << 30
 HEADROOM = 0.95
@@ -161,85 +161,85 @@ def gathered_bytes(model: torch.nn.Module, compute_bytes: int) -> int:
     return root + 2 * max((size(list(m.parameters())) for m in layers), default=0)
 
 
-def adapted_meta_model(config: RunConfig, shape: dict[str, Any],
+def adapted_meta_model(cell: Cell, shape: dict[str, Any],
                        precision: Precision) -> tuple[torch.nn.Module, methods.Method]:
     """The cell's model on the meta device as its method adapts and prepares it, and the method."""
-    method = methods.build(config.method.name, config.method.options)
+    method = methods.build(cell.method_name, cell.options)
     return method.prepare(method.adapt(meta_model(shape, precision.param_dtype))), method
 
 
-def state_per_parameter(config: RunConfig) -> float | None:
+def state_per_parameter(cell: Cell) -> float | None:
     """The method's planned state (``Method.planned_state_bytes``) in bytes per parameter of the
     whole model, for result.json's budget; None when the backbone's shape is unknown offline."""
-    shape = shape_of(config.backbone.name)
+    shape = shape_of(cell.backbone.name)
     if shape is None:
         return None
-    model, method = adapted_meta_model(config, shape, Precision.from_config(config.train.precision, device()))
+    model, method = adapted_meta_model(cell, shape, Precision.from_config(cell.precision, device()))
     return method.planned_state_bytes() / sum(p.numel() for p in model.parameters())
 
 
-def plan_cell(config: RunConfig, device_bytes: int | None, workers: int | None = None) -> Plan | None:
+def plan_cell(cell: Cell, device_bytes: int | None, workers: int | None = None) -> Plan | None:
     """The plan of one cell per accelerator, on ``workers`` GPUs (default ``train.workers``);
     None when the backbone's shape is unknown offline."""
-    shape = shape_of(config.backbone.name)
+    shape = shape_of(cell.backbone.name)
     if shape is None:
         return None
-    w = workers or config.train.workers
-    precision = Precision.from_config(config.train.precision, device())  # "auto" as on this machine
-    model, method = adapted_meta_model(config, shape, precision)
+    w = workers or cell.train.workers
+    precision = Precision.from_config(cell.precision, device())  # "auto" as resolved on this machine
+    model, method = adapted_meta_model(cell, shape, precision)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     grad_bytes = sum(p.numel() * p.element_size() for p in trainable)
-    micro = config.train.batch_size // config.train.grad_accum
+    micro = cell.train.batch_size // cell.train.grad_accum
     optimizer_bytes = sum(precision.optimizer_state_bytes(p) for p in trainable)
     state = [param_bytes, grad_bytes, optimizer_bytes, method.planned_state_bytes()]
-    analysis_bytes = analysis.planned_bytes(dataclasses.asdict(config.analysis), sum(p.numel() for p in trainable),
-                                            len(config.tasks.names))
+    analysis_bytes = analysis.planned_bytes(cell.analyses, sum(p.numel() for p in trainable),
+                                            len(cell.tasks.names))
     sharded = w > 1
     return Plan(*(-(-b // w) for b in state),
-                activation_bytes(shape, micro * config.train.max_length, precision.activation_bytes,
-                                 config.train.activation_checkpointing),
+                activation_bytes(shape, micro * cell.train.max_length, precision.activation_bytes,
+                                 cell.train.activation_checkpointing),
                 device_bytes, -(-analysis_bytes // w), workers=w,
                 gathered=gathered_bytes(model, precision.activation_bytes) if sharded else 0,
                 evaluation=param_bytes if sharded else 0)
 
 
-def workers_to_fit(config: RunConfig, device_bytes: int, most: int = 64) -> int | None:
+def workers_to_fit(cell: Cell, device_bytes: int, most: int = 64) -> int | None:
     """The smallest power-of-two number of workers whose per-GPU plan fits, or None."""
     w = 1
     while w <= most:
-        plan = plan_cell(config, device_bytes, w)
+        plan = plan_cell(cell, device_bytes, w)
         if plan is None or plan.fits:
             return w if plan is not None else None
         w *= 2
     return None
 
 
-def knobs(config: RunConfig, device_bytes: int | None = None) -> str:
+def knobs(cell: Cell, device_bytes: int | None = None) -> str:
     """What could make a cell fit, in the order a user would try them."""
     out = []
-    policy = Precision.from_config(config.train.precision, device())
+    policy = Precision.from_config(cell.precision, device())
     if policy.bytes_per_trainable_param > 8:
         out.append(f"train.precision = 'bf16-sr' (8 B/param of weights, gradients and AdamW state instead of "
                    f"{policy.bytes_per_trainable_param})")
-    if not config.train.activation_checkpointing:
+    if not cell.train.activation_checkpointing:
         out.append("train.activation_checkpointing = true")
-    micro = config.train.batch_size // config.train.grad_accum
+    micro = cell.train.batch_size // cell.train.grad_accum
     if micro > 1:
-        out.append(f"a smaller micro-batch (train.grad_accum > {config.train.grad_accum}; now {micro} rows)")
+        out.append(f"a smaller micro-batch (train.grad_accum > {cell.train.grad_accum}; now {micro} rows)")
     if device_bytes:
-        w = workers_to_fit(config, device_bytes)
+        w = workers_to_fit(cell, device_bytes)
         out.append(f"train.workers = {w} (FSDP2 over {w} GPUs; train.grad_accum a multiple of it)" if w and
-                   w > config.train.workers else "no number of workers up to 64 is enough as configured")
+                   w > cell.train.workers else "no number of workers up to 64 is enough as configured")
     return "; ".join(out)
 
 
-def check_fits(config: RunConfig, device_bytes: int | None) -> Plan | None:
+def check_fits(cell: Cell, device_bytes: int | None) -> Plan | None:
     """The plan; ``DoesNotFit`` naming the knobs when it exceeds the device."""
-    plan = plan_cell(config, device_bytes)
+    plan = plan_cell(cell, device_bytes)
     if plan is not None and plan.fits is False:
-        raise DoesNotFit(f"{config.run_id} ({config.backbone.name}, {config.method.name}, {config.train.precision}) "
+        raise DoesNotFit(f"{cell.run_id} ({cell.backbone.name}, {cell.method_name}, {cell.train.precision}) "
                          f"needs {plan.total / GiB:.1f} GiB but the device has {plan.device_bytes / GiB:.0f} GiB "
-                         f"({plan.line()}). Knobs that would make it fit: {knobs(config, device_bytes)}")
+                         f"({plan.line()}). Knobs that would make it fit: {knobs(cell, device_bytes)}")
     return plan

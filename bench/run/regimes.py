@@ -15,7 +15,8 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from bench.config import REGIMES, RunConfig
+from bench.config import REGIMES
+from bench.run.cell import Cell
 from methods.base import StagePlan
 
 __all__ = ["REGIMES", "Stage", "plan", "random_groups", "regime_plan", "stages"]
@@ -51,10 +52,10 @@ def plan(regime: str, tasks: Sequence[str], groups: Sequence[Sequence[str]] = ()
     raise ValueError(f"unknown regime {regime!r}; allowed: {', '.join(REGIMES)}")
 
 
-def regime_plan(config: RunConfig) -> StagePlan:
-    """The stage plan of a run config's regime (a method may replace it before the first stage)."""
-    t = config.tasks
-    return plan(config.regime, t.names, t.groups, t.num_groups, config.seed)
+def regime_plan(cell: Cell) -> StagePlan:
+    """The stage plan of a cell's regime (a method may replace it before the first stage)."""
+    t = cell.tasks
+    return plan(cell.regime, t.names, t.groups, t.num_groups, cell.seed)
 
 
 def stages(stage_plan: StagePlan) -> list[Stage]:

@@ -24,7 +24,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from core.options import Options
+from pluggable.options import Options
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -239,11 +239,12 @@ class OpenAIJudge:
         return [self.ask(prompt) for prompt in prompts]
 
 
-def build_judge(config: dict[str, Any]) -> Judge:
-    if config["kind"] == "hf":
-        return HFJudge(config["model"], max_new_tokens=int(config.get("max_new_tokens", 32)))
-    return OpenAIJudge(config["base_url"], config["model"], config.get("api_key_env"),
-                       int(config.get("max_new_tokens", 32)), float(config.get("timeout_s", 60.0)))
+def build_judge(options: Options) -> Judge:
+    """The judge that ``eval.judge``'s parsed options describe."""
+    if isinstance(options, HFJudgeOptions):
+        return HFJudge(options.model, max_new_tokens=options.max_new_tokens)
+    assert isinstance(options, OpenAIJudgeOptions)
+    return OpenAIJudge(options.base_url, options.model, options.api_key_env, options.max_new_tokens, options.timeout_s)
 
 
 def judge_answers(judge: Judge, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:

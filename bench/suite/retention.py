@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.options import Options
+from pluggable.options import Options
 
 PYTHON_DOCS = "python-docs"
 
@@ -114,9 +114,8 @@ def mean_token_nll(model: nn.Module, ids: torch.Tensor, batch_size: int) -> floa
     return total / count
 
 
-def retention(model: nn.Module, tokenizer: Any, table: dict[str, Any], batch_size: int) -> float | None:
-    """The retention measure for ``eval.retention`` (None when it is off: an empty table)."""
-    if not table:
+def retention(model: nn.Module, tokenizer: Any, options: RetentionOptions | None, batch_size: int) -> float | None:
+    """The retention measure for ``eval.retention`` (None when it is off)."""
+    if options is None:
         return None
-    options = RetentionOptions.build(table)
     return mean_token_nll(model, windows(options, tokenizer), batch_size)

@@ -41,6 +41,7 @@ from tabulate import tabulate
 from bench.backbones.registry import load_backbone, resolve
 from bench.config import RunConfig, from_dict
 from bench.engine.precision import missing_package
+from bench.run.cell import resolve as resolve_cell
 from bench.run.memory_plan import plan_cell
 from bench.tools.perf import PEAK_BF16_FLOPS, VARIANTS_FILE, measure, read_variants, summarize, synthetic_rows
 
@@ -149,10 +150,11 @@ def memory(shapes: Shapes, on: torch.device, dry: bool, device_bytes: int | None
             if missing_package(precision):
                 out.append(Figure(name, "—", "plan within 10%", f"skipped: {missing_package(precision)}"))
                 continue
-            cell = from_dict(RunConfig, {"backbone": {"name": shapes.large},
+            cell = resolve_cell(from_dict(RunConfig, {"backbone": {"name": shapes.large},
                                          "method": {"name": method, "options": options},
                                          "train": {"precision": precision, "activation_checkpointing": True,
-                                                   "batch_size": shapes.batch, "max_length": shapes.seq}}, "<gpu_check>")
+                                                   "batch_size": shapes.batch, "max_length": shapes.seq}}, "<gpu_check>"),
+                           "<gpu_check>")
             plan = plan_cell(cell, device_bytes)
             if plan is None or plan.fits is False:
                 out.append(Figure(name, "—", f"plan {plan.total / 2**30:.1f} GiB" if plan else "",

@@ -46,6 +46,7 @@ from bench.engine.host_memory import keep_freed_memory
 from bench.engine.precision import POLICIES, Precision
 from bench.engine.sharding import Sharding
 from bench.engine.train import Trainer
+from bench.run.checks import parse_analyses
 from methods.base import tensor_bytes
 
 VARIANTS_FILE = Path(__file__).resolve().parent / "perf_variants.toml"  # ships with the package
@@ -59,9 +60,8 @@ def read_variants(path: Path) -> list[Variant]:
     entries = tomllib.loads(path.read_text()).get("variant", [])
     if not entries:
         raise SystemExit(f"error: {path}: no [[variant]] tables")
-    for v in entries:
-        analysis.check(v.get("analysis", {}))
-    return [(v["label"], v["method"], dict(v.get("options", {})), dict(v.get("analysis", {}))) for v in entries]
+    return [(v["label"], v["method"], dict(v.get("options", {})), parse_analyses(dict(v.get("analysis", {})), str(path)))
+            for v in entries]
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 

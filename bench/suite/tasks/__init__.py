@@ -12,7 +12,7 @@ from bench.suite.tasks.base import Row, Task
 from bench.suite.tasks.lm_eval_files import FORMAT_VERSION, write_task_files
 from bench.suite.tasks.offline import OFFLINE_TASKS
 from bench.suite.tasks.paper import PAPER_TASKS, DataError, source_problem, source_sha256
-from methods.registry import Registry
+from pluggable.registry import Registry
 
 __all__ = ["TASKS", "DataError", "Row", "Suite", "Task", "build_suite", "source_digests", "source_problem",
            "write_task_files"]

@@ -1,7 +1,7 @@
 """Base classes of the isolation methods: hold an ``IsolatedSet``, keep it bit-exact, log drift.
 
 ``IsolationMethod``: subclasses decide *which* entries to isolate and *when*
-(``static_isolation``; ``methods.refreshing`` for masks re-selected on a schedule); they call
+(``static_isolation``; ``methods.parts.refreshing`` for masks re-selected on a schedule); they call
 ``self.isolate(index, step)`` and this class does the rest:
 zero isolated gradients before clipping, restore frozen values after every optimizer step,
 optionally clear the Adam moments of entries that become isolated, and emit one ``set_drift``
@@ -9,7 +9,7 @@ event per mask change (size, fraction, entries per layer, Jaccard with the previ
 first mask).
 
 ``index`` format of ``isolate``: ``{parameter name: 1-D integer tensor of flat indices into that
-parameter}`` (as ``methods.selection.select_top_fraction`` returns); names absent from it isolate
+parameter}`` (as ``methods.parts.selection.select_top_fraction`` returns); names absent from it isolate
 nothing.
 """
 
@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
-from methods.collectives import local, total
-from methods.masks import IsolatedSet, clear_moments, eligible_parameters
-from methods.selection import jaccard, per_layer_counts
+from methods.parts.collectives import local, total
+from methods.parts.masks import IsolatedSet, clear_moments, eligible_parameters
+from methods.parts.selection import jaccard, per_layer_counts
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,13 +46,15 @@ class IsolationConfig(MethodConfig):
                 self.check(False, "eligible", "a list of valid regular expressions")
 
 
-class IsolationMethod(Method):
+IC = TypeVar("IC", bound=IsolationConfig)
+
+
+class IsolationMethod(Method[IC]):
     """Keeps isolated entries bit-identical; subclasses choose the mask."""
 
-    config: IsolationConfig
     isolates = True
 
-    def __init__(self, config: IsolationConfig) -> None:
+    def __init__(self, config: IC) -> None:
         super().__init__(config)
         self.first: dict[str, torch.Tensor] | None = None
         self.refreshes = 0

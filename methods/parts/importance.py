@@ -8,7 +8,7 @@ Three estimates, all kept in fp32 whatever the parameters' dtype:
   (``fine_tuned_weights``; CPI-FT's core regions).
 ``second_moment`` reads an Adam-style optimizer's running g^2 through one accessor, so a method
 that reuses it (EPI ``adam_v``) works with any optimizer that keeps one.
-Every estimate is shaped like this rank's block of its parameter (``methods.collectives.local``):
+Every estimate is shaped like this rank's block of its parameter (``methods.parts.collectives.local``):
 under sharding each rank estimates its own entries, with no communication.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.collectives import local
+from methods.parts.collectives import local
 
 Batch = dict[str, torch.Tensor]
 SECOND_MOMENT_KEYS = ("exp_avg_sq", "exp_avg_sq_row", "v")  # torch/torchao, optimi and others

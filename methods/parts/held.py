@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.collectives import local
+from methods.parts.collectives import local
 
 
 def _as_mask(index: torch.Tensor, block: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Mask machinery shared by every isolation method, written once.
 
 - ``eligible_parameters``: which tensors may be isolated (default: every 2-D weight matrix).
-- ``select_top_fraction`` and ``jaccard`` (from ``methods.selection``, shared with the analyses):
+- ``select_top_fraction`` and ``jaccard`` (from ``methods.parts.selection``, shared with the analyses):
   the global top-rho of importance scores and the overlap of two selections.
 - ``IsolatedSet``: isolated entries as sorted flat int32 indices (every tensor of a 70B model has
   fewer than 2^31 entries) plus their frozen values: at rho = 1% that is 0.04 + 0.02-0.04 bytes
@@ -11,7 +11,7 @@
   and with momentum left over from before it was isolated.
 - ``clear_moments``.
 
-Under sharding (``methods.collectives``) every index is local to this rank's block of the
+Under sharding (``methods.parts.collectives``) every index is local to this rank's block of the
 tensor, and every operation here acts on local blocks only: no communication, bit-exact.
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from methods.collectives import local
-from methods.selection import hits, jaccard, select_top_fraction
+from methods.parts.collectives import local
+from methods.parts.selection import hits, jaccard, select_top_fraction
 
 __all__ = ["IsolatedSet", "clear_moments", "eligible_parameters", "hits", "indices_to_mask", "jaccard",
            "select_top_fraction"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import types
 import typing
@@ -145,3 +146,29 @@ class Options:
     def build(cls, table: Mapping[str, Any], where: str = "") -> Any:
         """From a config table, every key and value checked (``build`` above)."""
         return build(cls, table, where=where)
+
+
+def as_table(options: Any) -> dict[str, Any]:
+    """Every field of a built options dataclass as plain JSON data (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(options)))
+
+
+def non_default(options: Any) -> dict[str, Any]:
+    """The fields of a built options dataclass whose value differs from the field's default, as
+    plain JSON data: what a table must say to build ``options`` again. ``{}``, ``{rho = 0.01}``
+    and ``{rho = 0.01, beta = 0.9}`` built at their defaults all give ``{}``."""
+    table = as_table(options)
+    out = {}
+    for f in dataclasses.fields(options):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # a required field is always said
+            out[f.name] = table[f.name]
+            continue
+        if table[f.name] != json.loads(json.dumps(default)):
+            out[f.name] = table[f.name]
+    return out

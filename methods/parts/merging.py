@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from methods.collectives import reduce_
-from methods.selection import jaccard
+from methods.parts.collectives import reduce_
+from methods.parts.selection import jaccard
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, omega: float, epsilon: float) -> torch.Tensor:

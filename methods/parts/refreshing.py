@@ -7,14 +7,14 @@ implements ``scores`` and, if it wants, ``reset_keys``; everything else is share
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from methods.base import StageContext
-from methods.isolation import IsolationConfig, IsolationMethod
-from methods.selection import select_top_fraction
+from methods.parts.isolation import IsolationConfig, IsolationMethod
+from methods.parts.selection import select_top_fraction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,10 +42,11 @@ class RefreshConfig(IsolationConfig):
         return steps_done >= warmup and (steps_done - warmup) % self.refresh_every == 0
 
 
-class RefreshingIsolation(IsolationMethod):
-    """Re-selects the mask as the global top-rho of ``scores`` on ``RefreshConfig``'s schedule."""
+RC = TypeVar("RC", bound=RefreshConfig)
 
-    config: RefreshConfig
+
+class RefreshingIsolation(IsolationMethod[RC]):
+    """Re-selects the mask as the global top-rho of ``scores`` on ``RefreshConfig``'s schedule."""
     normalize = False  # per-tensor min-max normalization before the global selection
 
     def on_stage_start(self, ctx: StageContext) -> None:

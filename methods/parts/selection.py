@@ -11,7 +11,7 @@ user of importance scores (isolation methods, CPI-FT's core regions, the drift a
   costs 2 passes, each histogram pass 3): the result is the same with or without it. The result is exact: exactly
   ``round(rho * N)`` entries, ties at the threshold broken by tensor order then flat index.
   Normalization is never materialized: per-tensor thresholds are mapped into raw units.
-  Sharded scores (``methods.collectives``) select exactly the one-process set: extremes,
+  Sharded scores (``methods.parts.collectives``) select exactly the one-process set: extremes,
   histograms and counts are all-reduced, and the few candidates left are gathered in the
   one-process order before the final sort; each rank gets its own local indices back.
 - ``jaccard``: overlap of two selections (flat indices per tensor); ``hits`` its membership test.
@@ -25,7 +25,7 @@ import re
 
 import torch
 
-from methods.collectives import gather_ordered, local, rank, reduce_, total
+from methods.parts.collectives import gather_ordered, local, rank, reduce_, total
 
 EPS = 1e-12
 _LAYER = re.compile(r"\.(\d+)\.")
