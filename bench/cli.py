@@ -170,7 +170,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     split = (lambda text: [x for x in text.split(",") if x] if text else None)  # noqa: E731
     try:
-        print(report(args.study, methods=split(args.methods), tasks=split(args.tasks), out_dir=args.out))
+        print(report(args.study, methods=split(args.methods), tasks=split(args.tasks), out_dir=args.out,
+                     baseline=args.baseline))
     except (FileNotFoundError, ReportRefused, DamagedLog) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default="", help="row order, comma-separated (default: a fixed order)")
     p.add_argument("--tasks", default="", help="column order, comma-separated (default: the config's)")
     p.add_argument("--out", default=None, help="where to write the tables (default: <study>/tables)")
+    p.add_argument("--baseline", default=None, metavar="METHOD",
+                   help="the method every other is compared with, paired by seed and item (default: full_sft)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("export", help="a study's scores and run stats as long tables (csv, jsonl, parquet) for pandas")
     p.add_argument("study", help="results/<study>")

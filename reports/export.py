@@ -8,7 +8,10 @@
   (updated share, state bytes per parameter) and the retention NLL before and after training;
 - ``items.<fmt>``: one row per run x evaluation (``base`` or the stage) x task x test item:
   identity, evaluation, task, item id, the item's score (0-100) and its gold-answer NLL, from
-  each run's ``evaluation/items.jsonl``, for computing other per-item measures.
+  each run's ``evaluation/items.jsonl``, for computing other per-item measures;
+- ``comparisons.<fmt>``: every method against ``full_sft`` (or ``baseline``), paired by seed and
+  item, one row per (regime, backbone, method, task or aggregate, metric), as in the report's
+  ``tables/comparisons.csv`` (``reports.comparisons``).
 Formats: ``csv`` and ``jsonl`` (standard library), ``parquet`` (needs pandas and pyarrow).
 Only successful runs have score rows; every run has a ``runs`` row.
 """
@@ -79,8 +82,19 @@ def item_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+def comparison_rows(runs: Sequence[Run], study_dir: Path, baseline: str) -> list[dict[str, Any]]:
+    from reports import comparisons
+    from reports.load import method_order
+    from reports.tables import ordered_methods, ordered_tasks
+
+    methods, tasks = ordered_methods(runs, method_order(study_dir)), ordered_tasks(runs, None)
+    regimes = sorted({r.regime for r in runs if r.regime != "?"})
+    return comparisons.rows_of([c for regime in regimes for c in comparisons.compare(runs, regime, methods, tasks,
+                                                                                   baseline)])
+
+
+def write_rows(rows: list[dict[str, Any]], path: Path, fmt: str, columns: list[str] | None = None) -> None:
+    columns = columns or list(dict.fromkeys(k for row in rows for k in row))
     if fmt == "csv":
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, columns, lineterminator="\n")
@@ -96,15 +110,20 @@ def write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
 
-def export(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``scores.<fmt>``, ``runs.<fmt>`` and ``items.<fmt>`` (default into ``<study>/export/``)."""
+def export(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path | None = None,
+           baseline: str = "full_sft") -> list[Path]:
+    """Write ``scores.<fmt>``, ``runs.<fmt>``, ``items.<fmt>`` and ``comparisons.<fmt>`` (default
+    into ``<study>/export/``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
     runs = [r for r in load_study(study_dir) if r.status != "stale"]
     out = Path(out_dir) if out_dir is not None else Path(study_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"scores.{fmt}", out / f"runs.{fmt}", out / f"items.{fmt}"]
+    paths = [out / f"scores.{fmt}", out / f"runs.{fmt}", out / f"items.{fmt}", out / f"comparisons.{fmt}"]
     write_rows(score_rows(runs), paths[0], fmt)
     write_rows(run_rows(runs), paths[1], fmt)
     write_rows(item_rows(runs), paths[2], fmt)
+    from reports.comparisons import COLUMNS
+
+    write_rows(comparison_rows(runs, Path(study_dir), baseline), paths[3], fmt, COLUMNS)
     return paths

@@ -1,6 +1,7 @@
 """``tables/report.html``: one self-contained page of a study (no network, no CDN): the study's
-configuration, every table and the significance table, every plot inline (base64 PNG), failed,
-corrupt and missing cells with their errors, and each run's provenance."""
+configuration, every table, the comparisons against the baseline (with their forest plots among
+the plots), every plot inline (base64 PNG), failed, corrupt and missing cells with their
+errors, and each run's provenance."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def problems(runs: Sequence[Run]) -> list[list[str]]:
     return out
 
 
-def page(study: str, runs: Sequence[Run], tables: Sequence[Table], significance_html: str, plots: Sequence[Path],
+def page(study: str, runs: Sequence[Run], tables: Sequence[Table], comparisons_html: str, plots: Sequence[Path],
          summary: str) -> str:
     """The whole page as one string (images embedded)."""
     def grid(rows: list[list[str]], headers: list[str]) -> str:
@@ -75,7 +76,7 @@ def page(study: str, runs: Sequence[Run], tables: Sequence[Table], significance_
              "<h2>Configuration</h2>", grid(config_summary(runs), ["key", "values in this study"])]
     for table in tables:
         parts += [f"<h2>{html.escape(table.name)}</h2>", table.html()]
-    parts += ["<h2>Significance</h2>", significance_html, "<h2>Plots</h2><div class=plots>"]
+    parts += ["<h2>Comparisons</h2>", comparisons_html, "<h2>Plots</h2><div class=plots>"]
     for path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
         parts.append(f"<figure><img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"

@@ -115,24 +115,6 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None, int]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
 
 
-def paired_test(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
-    """Two-sided paired t-test over the seeds both methods have (``{seed: value}``).
-
-    Returns mean difference a - b, n pairs, t and p; with fewer than 2 pairs (or zero variance
-    of the differences) the p-value is the string "n/a": never a made-up number."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    out: dict[str, Any] = {"n": len(seeds), "mean_diff": sum(diffs) / len(diffs) if diffs else None,
-                           "t": "n/a", "p": "n/a", "test": "paired t-test (two-sided)"}
-    if len(seeds) < 2 or mean_std(diffs)[1] in (None, 0.0):
-        return out
-    from scipy import stats
-
-    t, p = stats.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds])
-    out.update(t=float(t), p=float(p))
-    return out
-
-
 def drift_series(events: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     """From a run's ``set_drift`` events (a tracked set of entries re-selected over training):
     steps, Jaccard with the previous set and with the first set, and the set's fraction of the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -122,3 +123,24 @@ def heatmap(ok: Sequence[Run], tasks: Sequence[str], label: str, backbone: str, 
     ax.set_title(f"{label} ({backbone}), n={len(ok)}", fontsize=8 if len(label) > 20 else 10)
     fig.colorbar(im, ax=ax)
     return save_figure(fig, out / f"heatmap_{slug(backbone)}_{slug(label.replace(' (', '_').rstrip(')'))}.png")
+
+
+def forest_plots(comparisons: Sequence[Any], out: Path) -> list[Path]:
+    """Per regime: each (backbone, method, task) score difference against the baseline with its
+    95% interval, the baseline at 0; significant ones (Holm) drawn filled."""
+    paths = []
+    for regime in sorted({c.regime for c in comparisons}):
+        rows = [c for c in comparisons if c.regime == regime and c.metric == "score"]
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+        for y, c in enumerate(reversed(rows)):
+            r = c.result
+            ax.errorbar(r.diff, y, xerr=[[r.diff - r.ci_low], [r.ci_high - r.diff]], fmt="o", capsize=3,
+                        color="tab:red" if c.significant else "tab:blue", mfc=None if c.significant else "white")
+        ax.axvline(0, color="#555", lw=1)
+        ax.set_yticks(range(len(rows)), [f"{c.backbone} {c.method}: {c.task}" for c in reversed(rows)], fontsize=8)
+        ax.set_xlabel(f"final score − {rows[0].baseline} (points), 95% CI")
+        ax.set_title(f"{regime}: paired differences (filled red = Holm-adjusted p < 0.05)", fontsize=9)
+        paths.append(save_figure(fig, out / f"forest_{slug(regime)}.png"))
+    return paths

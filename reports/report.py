@@ -16,14 +16,15 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from reports import comparisons as cmp
 from reports.analysis_tables import conflict_table, drift_table
 from reports.flips import flips_plot, flips_table
 from reports.html import page
 from reports.load import Run, load_study, method_order
 from reports.metrics import LOST_UPDATE_THRESHOLD
-from reports.plots import drift_plots, heatmaps, score_bars
+from reports.plots import drift_plots, forest_plots, heatmaps, score_bars
 from reports.sensitivity import sensitivity_plots, sensitivity_table
-from reports.tables import forgetting_table, main_table, ordered_methods, ordered_tasks, significance_table
+from reports.tables import Table, forgetting_table, main_table, ordered_methods, ordered_tasks, row_groups
 
 
 def error_type(run: Run) -> str | None:
@@ -152,7 +153,7 @@ def clean_leftovers(out: Path) -> None:
 
 
 def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
-           out_dir: str | Path | None = None) -> str:
+           out_dir: str | Path | None = None, baseline: str | None = None) -> str:
     """Rebuild ``<study>/tables/`` (or ``out_dir``: a new or empty folder, or one an earlier
     report wrote; ``check_out``) and return the main table(s) as Markdown for the terminal.
     Tables are written into a folder beside it and swapped in only when all are done: a failed
@@ -166,13 +167,15 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     check_names(tasks, sorted({t for r in runs if r.result is not None for t in r.result.run.tasks}), "--tasks",
                 study_dir)
     check_names(methods, sorted({r.method for r in runs}), "--methods", study_dir)
+    check_names([baseline] if baseline else None, sorted({r.method for r in runs}), "--baseline", study_dir)
     out = Path(out_dir).expanduser() if out_dir is not None else study_dir / "tables"
     check_out(out, study_dir, default=out_dir is None)
     with folder_lock(out):
         clean_leftovers(out)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
         try:
-            text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging)
+            text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging,
+                             baseline or cmp.BASELINE)
             written = sorted(files_in(staging))
             kept = keep_others(out, staging, written_files(out)) if out.is_dir() else []
             write(staging / MARK, MARK_HEADER + "".join(f"{name}\n" for name in written))
@@ -191,8 +194,63 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
     return text.replace(str(staging), str(out))
 
 
+def mark_all(tables: Sequence[Table], runs: Sequence[Run], comparisons: Sequence[cmp.Comparison], baseline: str,
+             methods: Sequence[str], tasks: Sequence[str]) -> None:
+    """Marks, bold only where separated, and the verdict lines of every table's caption."""
+    for table in tables:
+        regime = cmp.table_regime(table)
+        if table.name.startswith("main_"):
+            groups = [g for _, _, g in row_groups(runs, regime, methods)]
+            columns = {j: (t, "score") for j, t in enumerate(tasks)} | {len(tasks): (cmp.AGGREGATE, "avg_norm")}
+            cmp.mark_table(table, comparisons, baseline, columns, groups, tasks, tasks)
+        elif table.name.startswith("forgetting"):
+            columns = {table.columns.index(name): (cmp.AGGREGATE, metric)
+                       for name, metric in (("Avg. F", "forgetting"), ("BWT", "bwt"))}
+            cmp.mark_table(table, comparisons, baseline, columns, tasks=tasks)
+        else:
+            table.separated = cmp.separated_columns(table)
+
+
+def comparison_files(comparisons: Sequence[cmp.Comparison], baseline: str, runs: Sequence[Run]) -> dict[str, str]:
+    """``comparisons.{csv,json,md,tex}`` and its HTML."""
+    from tabulate import tabulate
+
+    from reports.tables import BOOKTABS_RAW, latex_escape
+
+    rows = cmp.display_rows(comparisons)
+    if not comparisons:
+        note = (f"No comparisons: the study has no successful {baseline} runs to pair with"
+                + ("" if baseline in {r.method for r in runs} else f" (no method {baseline!r}; give --baseline NAME)")
+                + ".\n")
+    else:
+        note = (f"Each method against {baseline}, paired by seed and test item (final evaluation). Tests (the "
+                "test column of comparisons.csv): McNemar on the discordant items for right-or-wrong scores, a "
+                "paired bootstrap over items for graded scores and NLL, a paired t-test over seeds for aggregates; "
+                "intervals from a bootstrap over seeds, then items. "
+                "diff = method − baseline (mean over seeds of the paired differences), 95% CI; "
+                f"{cmp.MARK} = Holm-adjusted p < {cmp.SIGNIFICANT}. "
+                + " ".join(sorted({cmp.family_note([c for c in comparisons if c.regime == r], baseline)
+                                   for r in {c.regime for c in comparisons}}))
+                + " mde = the smallest difference detectable at 80% power (alpha 0.05, two-sided); needed = the "
+                "items per seed, or the seeds, that would resolve the observed difference. 'below resolution': "
+                "not significant and the interval reaches ±mde, so a difference of that size is not ruled out; "
+                "'within ±mde': the interval lies inside ±mde. prob_improvement's mean_a is the probability that a "
+                "run of the method beats a run of the baseline on a task (0.5 = none).\n")
+    import html as html_lib
+
+    return {"csv": cmp.to_csv(comparisons), "json": cmp.to_json(comparisons),
+            "md": tabulate(rows, headers=cmp.DISPLAY_HEADERS, tablefmt="github", disable_numparse=True)
+            + "\n\n" + note,
+            "tex": tabulate([[latex_escape(c) for c in row] for row in rows],
+                            headers=[latex_escape(h) for h in cmp.DISPLAY_HEADERS], tablefmt=BOOKTABS_RAW,
+                            disable_numparse=True) + "\n",
+            "html": tabulate([[html_lib.escape(c) for c in row] for row in rows], headers=cmp.DISPLAY_HEADERS,
+                             tablefmt="unsafehtml", disable_numparse=True)
+            + f"<p class=note>{html_lib.escape(note)}</p>"}
+
+
 def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[str] | None,
-              out: Path) -> str:
+              out: Path, baseline: str = cmp.BASELINE) -> str:
     """Every table and plot into ``out``; returns the terminal summary."""
     row_methods, task_order = ordered_methods(runs, methods), ordered_tasks(runs, tasks)
     shown = []
@@ -206,15 +264,18 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     extra = [make(runs, regime, row_methods) for regime in regimes for make in (drift_table, conflict_table)]
     extra += [sensitivity_table(runs, regime, row_methods, task_order) for regime in regimes]
     tables += [t for t in extra if t is not None]
+    comparisons = [c for regime in regimes for c in cmp.compare(runs, regime, row_methods, task_order, baseline)]
+    mark_all(tables, runs, comparisons, baseline, row_methods, task_order)
     for table in tables:
         write(out / f"{table.name}.md", table.markdown())
         write(out / f"{table.name}.tex", table.latex())
         write(out / f"{table.name}.csv", table.csv())
         shown.append(f"## {table.name}\n\n{table.markdown()}")
-    significance = significance_table(runs, row_methods, task_order)
-    for ext in ("md", "tex", "csv"):
-        write(out / f"significance.{ext}", significance[ext])
-    plots = drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
+    compared = comparison_files(comparisons, baseline, runs)
+    for ext in ("md", "tex", "csv", "json"):
+        write(out / f"comparisons.{ext}", compared[ext])
+    shown.append(f"## comparisons against {baseline}\n\n{compared['md']}")
+    plots = forest_plots(comparisons, out) + drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
         heatmaps(runs, row_methods, task_order, out) + \
         [p for regime in regimes for p in sensitivity_plots(runs, regime, row_methods, task_order, out)] + \
         [flips_plot(t, out) for t in flip_tables]
@@ -228,6 +289,6 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
               + "".join(f"\n  {r.status}: {r.run_id}" + (f" ({r.problem})" if r.problem else "") for r in other)
               + (f"\n  {stale} cell(s) of earlier versions of the grid files, without results, not counted" if stale else "")
               + "".join(f"\n  lost updates: {line}" for line in lossy))
-    write(out / "report.html", page(study, runs, tables, significance["html"], plots, status))
-    return ("\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 3} tables, {len(plots)} plots and report.html "
+    write(out / "report.html", page(study, runs, tables, compared["html"], plots, status))
+    return ("\n".join(shown) + f"\n{status}\nwrote {len(tables) * 3 + 4} tables, {len(plots)} plots and report.html "
             f"to {out}")

@@ -1,6 +1,8 @@
 """Paper-style tables from loaded runs, rendered with tabulate as Markdown (github), LaTeX
-(booktabs) and CSV. Cells are ``mean ± std`` over seeds; the best mean per column is bold;
-failed and missing runs are counted in the ``runs`` column, never averaged in."""
+(booktabs) and CSV. Cells are ``mean ± std`` over seeds; the best mean of a column is bold only
+where a corrected test separates it from every other row (``separated``, set by
+``reports.comparisons.mark_tables``); failed and missing runs are counted in the ``runs``
+column, never averaged in."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import html
 import io
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from tabulate import _table_formats, tabulate
 
@@ -25,7 +26,6 @@ from reports.metrics import (
     mean_std,
     normalizable,
     own_stages,
-    paired_test,
 )
 
 # tabulate's latex_booktabs, minus its escaping of cells (ours hold \\textbf and $\\pm$ on purpose;
@@ -62,6 +62,10 @@ class Table:
     # printed in parentheses after the seed spread, and as ``<column>_se`` in the CSV
     errors: list[list[float | None]] | None = None
     column_decimals: dict[int, int] = dataclasses.field(default_factory=dict)  # columns with other decimals (nats)
+    # per column, whether its best mean is separated from every other row by the corrected test
+    # (None: not tested, nothing in bold)
+    separated: list[bool] | None = None
+    marks: list[list[str]] | None = None  # per row and column, a mark after the value (e.g. "†")
 
     def best(self) -> list[float | None]:
         out: list[float | None] = []
@@ -86,8 +90,11 @@ class Table:
                 se = self.errors[i][j] if self.errors is not None else None
                 if se is not None:
                     text += f" ({number(se, d)})"
+                if self.marks is not None and self.marks[i][j]:
+                    text += f" {self.marks[i][j]}"
                 top = best[j]
-                bold = top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
+                bold = (top is not None and len(self.rows) > 1 and abs(mean - top) < 1e-9
+                        and self.separated is not None and self.separated[j])
                 if bold:
                     text = {"md": f"**{text}**", "html": f"<b>{text}</b>"}.get(fmt, rf"\textbf{{{text}}}")
                 cells.append(text)
@@ -281,8 +288,8 @@ def main_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: 
                           and r.data.evaluation.scorers.get(t)}) for t in tasks}
     used = "; ".join(f"{t}: {' / '.join(s)}" for t, s in scorers.items() if s)
     unjudged = unparsed_judge_runs(runs, regime, tasks)
-    note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds; "
-            "best mean per column in bold. Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
+    note = ("Final scores (0-100; an LLM judge scores 1-10) after the last stage, mean ± sample std over seeds. "
+            "Avg. Norm. = mean over tasks of 100·(s − chance)/(best − chance), "
             "best = best method mean for that backbone and task. runs = successful/expected "
             "(failed and missing runs are listed, never averaged in). (x) after a score = its standard error over "
             "test items (of the mean over seeds: sqrt(sum of the seeds' squared errors) / seeds)."
@@ -364,32 +371,3 @@ def retention_change(run: Run) -> float | None:
     ev = run.data.evaluation
     final = ev.stages[-1].retention if ev.stages else None
     return None if final is None or ev.retention_base is None else final - ev.retention_base
-
-
-def significance_rows(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> list[list[Any]]:
-    groups = row_groups(runs, regime, methods)
-    best, dropped = normalizers(runs, groups, tasks)
-    by_key = {(b, m): avg_norm_by_seed(g, kept_tasks(tasks, dropped.get(b, {})), best.get(b, {})) for b, m, g in groups}
-    rows = []
-    for (b, m1, _), (b2, m2, _) in itertools.combinations(groups, 2):
-        if b != b2:
-            continue
-        t = paired_test(by_key[(b, m1)], by_key[(b, m2)])
-        fmt = (lambda x: "n/a" if isinstance(x, str) or x is None else f"{x:.3g}")  # noqa: E731
-        rows.append([regime, b, m1, m2, t["n"], fmt(t["mean_diff"]), fmt(t["t"]), fmt(t["p"])])
-    return rows
-
-
-def significance_table(runs: Sequence[Run], methods: Sequence[str], tasks: Sequence[str]) -> dict[str, str]:
-    rows = [row for regime in sorted({r.regime for r in runs}) for row in significance_rows(runs, regime, methods, tasks)]
-    headers = ["regime", "backbone", "method A", "method B", "paired seeds", "mean diff (A−B)", "t", "p"]
-    note = "Avg. Norm. per seed, paired by seed; two-sided paired t-test; 'n/a' with fewer than 2 paired seeds.\n"
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows([headers, *rows])
-    return {"md": tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True) + "\n\n" + note,
-            "html": tabulate([[html.escape(str(c)) for c in row] for row in rows], headers=headers,
-                             tablefmt="unsafehtml", disable_numparse=True) + f"<p class=note>{html.escape(note)}</p>",
-            "tex": tabulate([[latex_escape(str(c)) for c in row] for row in rows],
-                            headers=[latex_escape(h) for h in headers], tablefmt=BOOKTABS_RAW,
-                            disable_numparse=True) + "\n",
-            "csv": out.getvalue()}

@@ -18,7 +18,6 @@ from reports.metrics import (
     forgetting,
     mean_std,
     normalized_score,
-    paired_test,
 )
 from reports.report import report
 from reports.schema import upgrade_v1
@@ -63,12 +62,6 @@ def test_mean_std_and_change_vs_base():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
     assert mean_std([4.0]) == (4.0, None, 1) and mean_std([]) == (None, None, 0)
     assert change_vs_base({"a": 30.0}, {"a": 40.0}) == {"a": -10.0}
-
-
-def test_paired_test_says_na_without_two_seeds():
-    assert paired_test({0: 1.0}, {0: 2.0})["p"] == "n/a"
-    out = paired_test({0: 1.0, 1: 2.0, 2: 3.5}, {0: 0.5, 1: 1.0, 2: 2.0, 3: 9.0})
-    assert out["n"] == 3 and 0 < out["p"] < 1 and out["mean_diff"] == pytest.approx(1.0)
 
 
 def test_drift_series_orders_by_index():
@@ -130,7 +123,8 @@ def test_tables_match_golden_files(study):
     printed = report(study)
     assert "2/3 (1 missing)" in printed and "1/3 (1 failed, 1 missing)" in printed
     for name in ("main_sequential.md", "main_sequential.csv", "forgetting.md", "forgetting.csv",
-                 "main_sequential.tex", "significance.md", "flips_sequential.md", "flips_sequential.csv"):
+                 "main_sequential.tex", "comparisons.md", "comparisons.csv", "flips_sequential.md",
+                 "flips_sequential.csv"):
         assert (study / "tables" / name).read_text() == (GOLDEN / name).read_text(), name
     assert (study / "tables" / "drift_sequential_tiny_epi.png").stat().st_size > 1000
 
@@ -169,8 +163,9 @@ def test_report_html_is_self_contained(study):
     assert "<h2>main_sequential</h2>" in page and "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # no CDN, no network
     assert "epi-s1" in page and "NonFiniteLoss" in page  # failed cells with their errors
-    significance = page.split("<h2>Significance</h2>")[1].split("<h2>")[0]
-    assert "<table>" in significance and "<pre>" not in significance  # an HTML table, not raw Markdown
+    compared = page.split("<h2>Comparisons</h2>")[1].split("<h2>")[0]
+    assert "<table>" in compared and "<pre>" not in compared  # an HTML table, not raw Markdown
+    assert "forest_sequential" in page.split("<h2>Plots</h2>")[1]  # the forest plot of the comparisons
     assert "<h2>flips_sequential</h2>" in page and "Ret. ΔNLL" in page and "flips_sequential" in page.split(
         "<h2>Plots</h2>")[1]  # the flips table, the retention column and the flips plot
 
