@@ -157,6 +157,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
         return 130
     print(f"grid {grid.path}: {counts['success']}/{counts['total']} succeeded, {counts['failed']} failed, "
           f"{counts['missing']} missing ({counts['scheduled']} run this time); results in {grid.study_dir}")
+    if counts.get("busy"):
+        print(f"  {counts['busy']} cell(s) were being run by another isobench process (an 'isobench run' of the "
+              f"cell): left to it; run this command again when it has finished to count its result")
     if counts["failed"]:
         from bench.launch.grid import failure_lines
 
@@ -189,6 +192,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         paths = export(args.study, args.format, args.out)
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # --out is a file, or a folder this user cannot write
+        where = args.out or f"{args.study}/export"
+        print(f"error: cannot write the export to {where} ({e.strerror or e}: {e.filename}); give a writable "
+              f"folder with --out DIR", file=sys.stderr)
         return 2
     print("\n".join(str(p) for p in paths))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,17 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def name_problem(result: Result) -> str | None:
+    """Why a result's regime cannot name the report's files (a '/', '..'), or None."""
+    regime = result.run.regime
+    if not isinstance(regime, str) or not PLAIN_NAME.match(regime) or ".." in regime:
+        return f"its run.regime {regime!r} is not a plain name (it names files of the report)"
+    return None
+
+
 def inconsistency(result: Result) -> str | None:
     """Why a successful result's scores cannot be tabulated, or None: every stage must score
     every task of the run's (duplicate-free) task list, and the stage count fit the regime."""
@@ -182,7 +194,8 @@ def load_study(study_dir: str | Path) -> list[Run]:
         if r is None:
             continue
         info = r.run
-        problem = f"{path}: {inconsistency(r)}" if r.ok and inconsistency(r) else None
+        why = name_problem(r) or (inconsistency(r) if r.ok else None)
+        problem = f"{path}: {why}" if why else None
         try:
             events = _read_events(path.parent)
         except DamagedLog as e:
@@ -193,7 +206,8 @@ def load_study(study_dir: str | Path) -> list[Run]:
             problem, items = str(e), []
         run_id = twins.get(path.parent.name, info.run_id)
         config = configs.get(run_id) or info.config if run_id != info.run_id else info.config
-        run = Run(run_id, info.method, info.backbone, info.regime, info.seed, "corrupt" if problem else info.status,
+        regime = "?" if name_problem(r) else info.regime
+        run = Run(run_id, info.method, info.backbone, regime, info.seed, "corrupt" if problem else info.status,
                   None if problem else r, events, problem, config, items=items)
         if run_id not in runs or _preferred(run, path.parent.name, runs[run_id]):
             runs[run_id] = run  # one cell held in two folders is one run: its success, in its own folder first

@@ -193,8 +193,14 @@ def read_items(run_dir: Path) -> list[ItemRecord]:
     path = Path(run_dir) / ITEMS
     if not path.is_file():
         return []
+    return items_from_jsonl(path.read_text(), str(path))
+
+
+def items_from_jsonl(text: str, where: str) -> list[ItemRecord]:
+    """The records of ``items_to_jsonl`` text (``where`` names it in errors)."""
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    path = where
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -9,6 +9,7 @@ import datetime
 import http.server
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -326,3 +327,106 @@ def test_a_grid_whose_trials_die_before_reporting_records_them_failed(tmp_path):
     results = [json.loads(p.read_text()) for p in (tmp_path / "results" / "g").glob("*/result.json")]
     assert results and all(r["run"]["status"] == "failed" for r in results)
     assert all(r["run"]["error"]["type"] == "WorkerDied" for r in results), [r["run"]["error"] for r in results]
+
+
+# -- weak cases of the probe ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.txt", b"", "holds no text"),
+    ("binary.txt", b"\xff\xfe\x00\x01" * 64, "not UTF-8 text"),
+    ("notext.jsonl", b'{"body": "a"}\n', "line 1: not a JSON object with a \"text\" string"),
+    ("short.txt", b"a few words", "fewer than the rows x tokens"),
+])
+def test_a_retention_text_that_cannot_give_its_windows_is_refused_before_any_model_loads(tmp_path, name, content,
+                                                                                          message):
+    from bench.config import ConfigError
+    from tests.harness import cell_of
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        cell_of({"eval": {"retention": {"source": str(tmp_path / name), "rows": 2, "tokens": 16}}})
+    assert "eval.retention.source" in str(error.value)
+
+
+def test_retention_windows_longer_than_the_backbone_attends_over_are_refused():
+    from bench.config import ConfigError
+    from tests.harness import cell_of
+
+    with pytest.raises(ConfigError, match="'eval.retention.tokens'.*512"):
+        cell_of({"backbone": {"name": "tiny-llama"}, "eval": {"retention": {"rows": 2, "tokens": 600}}})
+
+
+def test_a_checkpoint_of_another_format_says_so_instead_of_printing_two_equal_hashes(tmp_path):
+    import torch
+
+    from bench.engine.checkpoint import Checkpointer, CheckpointMismatch
+
+    checkpointer = Checkpointer(tmp_path, "h" * 40, 1, dict)
+    checkpointer.path.parent.mkdir(parents=True)
+    torch.save({"format": -1, "config_hash": "h" * 40, "step": 3}, checkpointer.path)
+    with pytest.raises(CheckpointMismatch, match="checkpoint format -1") as error:
+        checkpointer.load()
+    assert "hashes to" not in str(error.value)
+
+
+def test_a_resume_puts_back_item_records_deleted_since_the_checkpoint(tmp_path, capsys):
+    from bench.cli import main
+    from reports.schema import read_items
+    from tests.test_checkpoint import run_file
+
+    config = run_file(tmp_path, "items", "full_sft")
+    env = {**os.environ, "ISOBENCH_FAULT_AT_STEP": "kill:7", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "bench.cli", "run", str(config)], cwd=ROOT, env=env, capture_output=True,
+                   timeout=300)
+    (run_dir,) = [p.parent.parent for p in (tmp_path / "items" / "ckpt").glob("*/checkpoint/state.pt")]
+    before = {(r.evaluation, r.task) for r in read_items(run_dir)}
+    assert ("base", "arithmetic") in before and (0, "arithmetic") in before
+    (run_dir / "evaluation" / "items.jsonl").unlink()
+    assert main(["run", str(config)]) == 0
+    assert "items.jsonl had lost" in capsys.readouterr().err
+    after = {(r.evaluation, r.task) for r in read_items(run_dir)}
+    assert before <= after and {(2, t) for t in ("arithmetic", "logic", "program")} <= after
+
+
+def test_a_folder_source_is_hashed_by_the_files_its_task_reads(tmp_path):
+    from bench.suite.tasks import source_digests
+
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        (folder / name).write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    first = source_digests({"gsm8k": str(folder)})
+    (folder / ".test.jsonl.swp").write_text("editor state")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    assert source_digests({"gsm8k": str(folder)}) == first
+    (folder / "test.jsonl").write_text('{"question": "2+2?", "answer": "#### 4"}\n')
+    assert source_digests({"gsm8k": str(folder)}) != first
+
+
+def test_a_run_whose_regime_is_not_a_plain_name_is_listed_as_corrupt(tmp_path):
+    from reports.report import report
+    from tests.test_reports import fake_run
+
+    folder = tmp_path / "study"
+    fake_run(folder, "full_sft", 0, [[80, 30, 0], [40, 70, 0], [30, 50, 60]], current=True)
+    fake_run(folder, "epi", 0, [[75, 30, 0], [70, 60, 0], [65, 60, 50]], current=True)
+    path = folder / "epi-s0" / "result.json"
+    data = json.loads(path.read_text())
+    data["run"]["regime"] = "../../escape"
+    path.write_text(json.dumps(data))
+    printed = report(folder)
+    assert "corrupt: epi-s0" in printed and "is not a plain name" in printed
+    assert not (tmp_path / "escape.md").exists() and (folder / "tables" / "main_sequential.md").is_file()
+
+
+def test_an_export_into_a_file_is_an_error_line(tmp_path, capsys):
+    from bench.cli import main
+    from tests.test_reports import fake_run
+
+    folder = tmp_path / "study"
+    fake_run(folder, "full_sft", 0, [[80, 30, 0], [40, 70, 0], [30, 50, 60]], current=True)
+    (tmp_path / "a_file").write_text("x")
+    assert main(["export", str(folder), "--out", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the export to") and "Traceback" not in err

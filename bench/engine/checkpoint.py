@@ -155,11 +155,14 @@ class Checkpointer:
         if not isinstance(payload, dict):
             raise CheckpointUnreadable(f"{self.path}: not a checkpoint (a {type(payload).__name__}); {RESTART}")
         self.stats["read_s"] = time.perf_counter() - start
-        if payload.get("format") != FORMAT or payload.get("config_hash") != self.config_hash:
+        if payload.get("format") != FORMAT:
             raise CheckpointMismatch(
-                f"{self.path}: written for config hash {payload.get('config_hash')!r} (format {payload.get('format')}), "
-                f"but this run's resolved config hashes to {self.config_hash!r}: refusing to mix them. "
-                f"{RESTART[0].upper() + RESTART[1:]}.")
+                f"{self.path}: written in checkpoint format {payload.get('format')!r} by another version of isobench; "
+                f"this version reads format {FORMAT!r}: refusing to guess. {RESTART[0].upper() + RESTART[1:]}.")
+        if payload.get("config_hash") != self.config_hash:
+            raise CheckpointMismatch(
+                f"{self.path}: written for config hash {payload.get('config_hash')!r}, but this run's resolved config "
+                f"hashes to {self.config_hash!r}: refusing to mix them. {RESTART[0].upper() + RESTART[1:]}.")
         self.first_step = payload["step"]
         return payload
 

@@ -69,7 +69,7 @@ def _trial(space: dict[str, Any]) -> None:
                           listeners=[report], timing={"setup_s": time.perf_counter() - start})
     except RunBusy as e:  # an `isobench run` of this cell holds it: its own result will say how it ended
         print(f"[grid] {cell.run_id} not run: {e}", file=sys.stderr)
-        tune.report({**ident, "status_success": 0.0})
+        tune.report({**ident, "status_success": 0.0, "busy": 1.0})
         return
     tune.report({**ident, "status_success": float(result.ok)})
 
@@ -155,10 +155,13 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     progress = GridProgress(len(todo), {c.run_id: cell_steps(c)[1] for c in todo})
     by_id = {c.run_id: c for c in todo}  # built before fit(): a trial killed before its first report has no config
     errors: dict[str, str | None] = {}  # run id -> trial path, from Tune's callback
+    busy: set[str] = set()  # cells another isobench process was running: left to it
 
     class Callback(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN202
             progress.report(str(result.get("run_id")), result)
+            if result.get("busy"):
+                busy.add(str(result.get("run_id")))
 
         def on_step_end(self, iteration, trials, **info):  # noqa: ANN001, ANN202
             progress.tick()
@@ -199,13 +202,13 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
                       f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
     # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
-    unfinished = sum(cell_status(c) in ("missing", "running") for c in todo)
+    unfinished = sum(cell_status(c) in ("missing", "running") for c in todo if c.run_id not in busy)
     print_breakdown(todo)
     ran = [m for c in todo if (m := measured(c)) is not None]
     if ran:
         print(f"[grid] cost: estimated {estimate:,.3f} device-hours for the {len(todo)} cells run, measured "
               f"{sum(t + e for t, e in ran) / 3600:,.3f} for the {len(ran)} that succeeded", file=sys.stderr)
-    return {**counts, **summarize(grid, twins), "unfinished": unfinished}
+    return {**counts, **summarize(grid, twins), "unfinished": unfinished, "busy": len(busy)}
 
 
 def _failed(cell: Cell, error: BaseException) -> res.Result:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import methods
-from bench.backbones.registry import device
+from bench.backbones.registry import BACKBONES, device
 from bench.config import AnalysisConfig, ConfigError, RunConfig, config_digest, run_folder, to_dict
 from bench.engine.precision import Precision
 from bench.run.checks import check_config, parse_analyses, parse_judge, parse_method, parse_retention
@@ -91,13 +91,19 @@ class Cell:
         return run_folder(self.results_dir, self.study, self.run_id)
 
 
+def context_of(backbone: str) -> int | None:
+    """The tokens a registered backbone attends over (None: not known before it loads)."""
+    return BACKBONES[backbone].context if backbone in BACKBONES else None
+
+
 def resolve(config: RunConfig, where: str) -> Cell:
     """The cell of ``config``: every check that needs the registries or the file system, and
     every option table parsed once (a bad value raises ``ConfigError`` naming ``where``, the key
     and what is allowed)."""
     check_config(config, where)
     cell = Cell(config=config, options=parse_method(config, where),
-                retention=parse_retention(config.eval.retention, where), judge=parse_judge(config.eval.judge, where),
+                retention=parse_retention(config.eval.retention, where, context_of(config.backbone.name)),
+                judge=parse_judge(config.eval.judge, where),
                 analyses=parse_analyses(dataclasses.asdict(config.analysis), where),
                 precision=Precision.from_config(config.train.precision, device()).name)
     try:

@@ -89,8 +89,9 @@ def parse_analyses(tables: dict[str, dict[str, Any]], where: str) -> dict[str, o
     return out
 
 
-def parse_retention(table: dict[str, Any], where: str) -> RetentionOptions | None:
-    """``eval.retention`` (None: off): every option's type and a local text file that exists."""
+def parse_retention(table: dict[str, Any], where: str, context: int | None = None) -> RetentionOptions | None:
+    """``eval.retention`` (None: off): every option's type, windows that fit the backbone's
+    ``context``, and a local text file that can give them (``source_problem``)."""
     if not table:
         return None
     try:
@@ -100,6 +101,9 @@ def parse_retention(table: dict[str, Any], where: str) -> RetentionOptions | Non
         raise
     except ValueError as e:  # a rule of the options' own checks
         raise ConfigError(f"{where}: key 'eval.retention': {e}") from None
+    if context is not None and chosen.tokens > context:
+        raise ConfigError(f"{where}: bad value {chosen.tokens} for key 'eval.retention.tokens': the backbone attends "
+                          f"over {context} tokens; allowed: at most {context}")
     problem = retention_source_problem(chosen)
     if problem:
         raise ConfigError(f"{where}: key 'eval.retention.source': {problem}")

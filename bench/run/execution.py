@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import random
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -81,10 +82,14 @@ def _execute(cell: Cell, sharding: Sharding, precision: Precision, *, progress: 
     try:
         with timed(timing, "checkpoint_read_s"):
             checkpointer, saved = open_checkpoint(cell, restart or force, sharding, lambda: {
-                "evaluation": copy.deepcopy(evaluation), "resumed_from": list(run.resumed_from)})
+                "evaluation": copy.deepcopy(evaluation), "resumed_from": list(run.resumed_from),
+                "items": res.item_snapshot(cell.run_dir) if sharding.writes else ""})
         if saved is not None:  # a resumed run takes the stage results it had measured
             evaluation = saved["run"]["evaluation"]
             run.resumed_from = [*saved["run"]["resumed_from"], saved["step"]]
+            if sharding.writes and (restored := res.restore_item_records(cell.run_dir, saved["run"].get("items", ""))):
+                print(f"[run] {cell.run_id}: items.jsonl had lost {restored} record(s) of the evaluations before the "
+                      f"checkpoint: restored from the checkpoint", file=sys.stderr)
         seed_everything(cell.seed)
         with timed(timing, "data_s"):
             suite = sharding.writer_first(lambda: load_suite(cell))  # rank 0 writes the task files

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.files import atomic_write
-from reports.schema import ITEMS, ItemRecord, Provenance, Result, ResultError, items_to_jsonl, read_items, read_result_file
+from reports.schema import (
+    ITEMS,
+    ItemRecord,
+    Provenance,
+    Result,
+    ResultError,
+    items_from_jsonl,
+    items_to_jsonl,
+    read_items,
+    read_result_file,
+)
 
 RESULT = "result.json"
 REPO = Path(__file__).resolve().parents[2]  # the checkout bench/ lies in (no git there when installed)
@@ -49,6 +59,23 @@ def add_item_records(run_dir: Path, records: list[ItemRecord]) -> None:
     new = {(r.evaluation, r.task) for r in records}
     kept = [r for r in read_items(run_dir) if (r.evaluation, r.task) not in new]
     atomic_write(run_dir / ITEMS, items_to_jsonl(kept + records))
+
+
+def item_snapshot(run_dir: Path) -> str:
+    """The run's ``items.jsonl`` as text, for a checkpoint to keep ("" when it has none yet)."""
+    path = run_dir / ITEMS
+    return path.read_text() if path.is_file() else ""
+
+
+def restore_item_records(run_dir: Path, snapshot: str) -> int:
+    """Put back the records of a checkpoint's ``snapshot`` that ``items.jsonl`` no longer holds
+    (deleted or cut short since); returns how many."""
+    if not snapshot:
+        return 0
+    kept = {(r.evaluation, r.task) for r in read_items(run_dir)}
+    lost = [r for r in items_from_jsonl(snapshot, f"the checkpoint of {run_dir}") if (r.evaluation, r.task) not in kept]
+    add_item_records(run_dir, lost)
+    return len(lost)
 
 
 def read_result(run_dir: Path) -> Result | None:

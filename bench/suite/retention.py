@@ -49,9 +49,35 @@ class RetentionOptions(Options):
 
 
 def source_problem(options: RetentionOptions) -> str | None:
-    """Why the source cannot be read (a missing local file), checked before any model loads."""
-    if options.source.endswith((".txt", ".jsonl")) and not Path(options.source).expanduser().is_file():
+    """Why the source cannot give ``rows x tokens`` tokens of text, checked before any model
+    loads: a local file that is missing, not UTF-8 text, a ``.jsonl`` without a ``text`` string
+    per line, no text at all, or fewer bytes than the tokens asked for (a token is at least one
+    byte)."""
+    if not options.source.endswith((".txt", ".jsonl")):
+        return None
+    path = Path(options.source).expanduser()
+    if not path.is_file():
         return f"retention text {options.source!r} is not a file"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"retention text {options.source!r} is not UTF-8 text (byte {e.start}): a binary file?"
+    except OSError as e:
+        return f"retention text {options.source!r} cannot be read: {e.strerror or e}"
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else {"text": ""}
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                return f"retention text {options.source!r} line {number}: not a JSON object with a \"text\" string"
+    if not source_text(options.source).strip():
+        return f"retention text {options.source!r} holds no text"
+    need = options.rows * options.tokens
+    if len(source_text(options.source).encode()) < need:
+        return (f"retention text {options.source!r} has {len(source_text(options.source).encode())} bytes, fewer "
+                f"than the rows x tokens = {need} tokens eval.retention asks for (a token is at least one byte)")
     return None
 
 

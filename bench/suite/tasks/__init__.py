@@ -59,5 +59,5 @@ def build_suite(names: list[str], seed: int, train_size: int, test_size: int, ro
 def source_digests(sources: dict[str, str]) -> dict[str, str]:
     """task -> content hash of its local source (hub sources have none): what makes a changed
     file another source, for the run's staleness check and the base-score cache."""
-    return {task: source_sha256(Path(source)) for task, source in sorted(sources.items())
+    return {task: source_sha256(Path(source), task) for task, source in sorted(sources.items())
             if source != "hub" and Path(source).exists()}

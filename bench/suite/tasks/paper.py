@@ -230,11 +230,26 @@ def source_problem(task: str, path: Path) -> str | None:
     return None if len(files) == 1 else f"is a folder with {len(files)} .json/.jsonl files; allowed: exactly one"
 
 
-def source_sha256(path: Path) -> str:
-    """Content hash of a local source: a file's bytes, or a folder's files (names and bytes) in
-    name order. Part of a run's identity: a rewritten file is another source. Each file is read
-    once per (size, modification time): a grid asks for the same sources for every cell."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+def read_files(task: str, path: Path) -> list[Path]:
+    """The files ``local_rows`` reads from a local source: the file itself, or the folder's files
+    the task reads (an editor's swap file or a ``.git/`` beside them is not the source)."""
+    if path.is_file():
+        return [path]
+    if task == "gsm8k":
+        names = ["test.jsonl", "train.jsonl"]
+    elif task == "logiqa":
+        names = ["Test.txt", "Train.txt" if (path / "Train.txt").is_file() else "Eval.txt"]
+    else:
+        names = [p.name for p in [*path.glob("*.json"), *path.glob("*.jsonl")]]
+    return sorted(path / n for n in names if (path / n).is_file())
+
+
+def source_sha256(path: Path, task: str) -> str:
+    """Content hash of a local source: a file's bytes, or the names and bytes of the folder's
+    files that the task reads (``read_files``), in name order. Part of a run's identity: a
+    rewritten file is another source. Each file is read once per (size, modification time): a
+    grid asks for the same sources for every cell."""
+    files = read_files(task, path)
     return _sha256(path, tuple((f, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
@@ -310,7 +325,7 @@ def paper_split(task: Task, seed: int, train_size: int, test_size: int,
     held_out = {r["prompt"] for r in test}
     kept = [r for r in train if r["prompt"] not in held_out]
     notes = {"duplicates_removed": duplicates, "test_prompts_dropped_from_train": len(train) - len(kept),
-             "source_sha256": None if source == "hub" else source_sha256(Path(source))}
+             "source_sha256": None if source == "hub" else source_sha256(Path(source), task.name)}
     if not test or not kept:
         raise DataError(f"{where}: {len(test)} test and {len(kept)} training rows after removing duplicates; "
                         f"allowed: a source with at least one of each")
