@@ -233,12 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart", action="store_true", help="discard the scheduled cells' checkpoints (default: resume)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own output (banner, trial table, hints)")
     p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
-    p.add_argument("--assume-mfu", type=float, default=0.40, metavar="F",
-                   help="cost plan: training throughput as a fraction of the device's dense peak (default 0.40)")
-    p.add_argument("--assume-eval-mfu", type=float, default=0.05, metavar="F",
-                   help="cost plan: evaluation throughput, the same way (default 0.05: generation is memory-bound)")
-    p.add_argument("--device-flops", type=float, default=989e12, metavar="FLOP/S",
-                   help="cost plan: a device's dense peak (default 989e12, an H100's bf16)")
+    p.add_argument("--assume-mfu", type=float, default=None, metavar="F",
+                   help="cost plan: training throughput as a fraction of the device's dense peak (default 0.40 on a "
+                        "GPU; 0.80 of the probed matmul throughput on a CPU)")
+    p.add_argument("--assume-eval-mfu", type=float, default=None, metavar="F",
+                   help="cost plan: evaluation throughput, the same way (default 0.05 on a GPU: generation is "
+                        "memory-bound; 0.40 on a CPU)")
+    p.add_argument("--device-flops", type=float, default=None, metavar="FLOP/S",
+                   help="cost plan: a device's dense peak (default: 989e12, an H100's bf16, on a GPU machine; this "
+                        "CPU's matmul throughput, measured by a short probe, on a CPU machine)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")

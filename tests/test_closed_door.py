@@ -329,6 +329,33 @@ def test_a_grid_whose_trials_die_before_reporting_records_them_failed(tmp_path):
     assert all(r["run"]["error"]["type"] == "WorkerDied" for r in results), [r["run"]["error"] for r in results]
 
 
+@pytest.mark.slow
+def test_a_trial_killed_by_rays_memory_monitor_is_a_failed_cell_and_the_other_cell_finishes(tmp_path):
+    """A real kill: Ray's memory monitor, its threshold set a few GB above this machine's use
+    now, stops the EPI trial while it allocates host memory (the ``grow`` fault); the full SFT
+    cell, run before it, succeeds, and the grid records EPI as ``OutOfMemory`` and exits 1."""
+    import psutil
+
+    from tests.test_grid import grid_file
+
+    memory = psutil.virtual_memory()
+    threshold = min(0.9, (memory.total - memory.available + 4 * 2**30) / memory.total)
+    path = grid_file(tmp_path, concurrent=1, extra="max_failures = 0")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ISOBENCH_FAULT_AT_STEP": "grow:1:epi",
+           "RAY_memory_usage_threshold": f"{threshold:.3f}", "RAY_memory_monitor_refresh_ms": "100"}
+    done = subprocess.run([sys.executable, "-m", "bench.cli", "grid", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "1/2 succeeded, 1 failed" in out, out[-3000:]
+    results = {p.parent.name.split("-")[0]: json.loads(p.read_text())
+               for p in (tmp_path / "results" / "g").glob("*/result.json")}
+    assert results["full_sft"]["run"]["status"] == "success"
+    error = results["epi"]["run"]["error"]
+    assert results["epi"]["run"]["status"] == "failed" and error["type"] == "OutOfMemory", error
+    (tmp_path / "oom_result.json").write_text(json.dumps(results["epi"]["run"], indent=1))
+
+
 # -- weak cases of the probe ------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, content, message", [

@@ -53,3 +53,25 @@ def test_the_dry_run_prints_every_cells_cost_and_the_grids(capsys):
     assert out.count("      cost ") == 4 and "cost of the grid:" in out and "training at 30%" in out
     assert main(["grid", "--dry-run", str(SMOKE), "--assume-mfu", "3"]) == 2
     assert "--assume-mfu 3.0: allowed: a fraction in (0, 1]" in capsys.readouterr().err
+
+
+def test_on_a_cpu_the_cost_is_a_fraction_of_this_cpus_probed_throughput(grid, monkeypatch):
+    from bench.run import cost_plan
+
+    cell = grid.cells[0]
+    monkeypatch.setattr(cost_plan, "on_gpu", lambda: False)
+    monkeypatch.setattr(cost_plan, "cpu_flops", lambda policy, threads=1: 2e11)
+    cpu = cost_plan.Assumptions()
+    assert (cpu.mfu, cpu.eval_mfu) == cost_plan.CPU_FRACTIONS and cpu.peak(cell) == 2e11
+    _, train, _ = work(cell)
+    assert plan_costs([cell], cpu)[0].train_h == pytest.approx(train / (cost_plan.CPU_FRACTIONS[0] * 2e11) / 3600)
+    monkeypatch.setattr(cost_plan, "on_gpu", lambda: True)
+    gpu = cost_plan.Assumptions()
+    assert (gpu.mfu, gpu.eval_mfu) == cost_plan.GPU_FRACTIONS and gpu.peak(cell) == cost_plan.H100_BF16_FLOPS
+    assert cost_plan.Assumptions(device_flops=1e12).peak(cell) == 1e12  # a stated peak is used as it is
+
+
+def test_the_cpu_probe_measures_a_finite_throughput():
+    from bench.run.cost_plan import cpu_flops
+
+    assert 1e8 < cpu_flops("fp32") < 1e14

@@ -21,8 +21,10 @@ a run done in one go.
   step. A checkpoint resumes only on the same number of workers (each rank's method and
   observer state covers its own blocks); another count is refused, naming both.
 
-``ISOBENCH_FAULT_AT_STEP=kill:K`` (or ``hang:K``) makes a run that started from step 0 SIGKILL
-itself (or sleep) right after optimizer step K: the fault injection the resume tests use.
+``ISOBENCH_FAULT_AT_STEP=kill:K`` (or ``hang:K``, ``grow:K``) makes a run that started from
+step 0 SIGKILL itself (sleep; allocate host memory until something kills it) right after
+optimizer step K: the fault injection the resume and memory tests use. A third field,
+``grow:K:NAME``, limits it to the run whose folder name starts with NAME.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ class Checkpointer:
         """Called by the trainer after every optimizer step."""
         if self.every > 0 and trainer.step % self.every == 0:
             self.save(trainer)
-        inject_fault(trainer.step, self.first_step)
+        inject_fault(trainer.step, self.first_step, self.folder.parent.name)
 
     def save(self, trainer: Any, always: bool = False) -> None:
         """Save now, if checkpoints are on (``every`` > 0) or ``always``."""
@@ -182,16 +184,26 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def inject_fault(step: int, first_step: int) -> None:
-    """Test hook: ``ISOBENCH_FAULT_AT_STEP=kill:K|hang:K`` acts after step K of an attempt that
-    started from step 0 (a resumed attempt runs on)."""
+GROW_BYTES, GROW_FOR_S = 1 << 28, 120.0  # ``grow``: 256 MiB a step, for at most two minutes
+
+
+def inject_fault(step: int, first_step: int, run: str = "") -> None:
+    """Test hook: ``ISOBENCH_FAULT_AT_STEP=kill:K|hang:K|grow:K[:NAME]`` acts after step K of an
+    attempt that started from step 0 (a resumed attempt runs on), in the run ``NAME`` starts."""
     spec = os.environ.get("ISOBENCH_FAULT_AT_STEP")
     if not spec or first_step != 0:
         return
-    action, _, at = spec.partition(":")
-    if step != int(at):
+    action, at, *name = spec.split(":")
+    if step != int(at) or (name and not run.startswith(name[0])):
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "hang":
         time.sleep(3600)
+    elif action == "grow":  # touched pages, so the memory is resident: a memory monitor sees it
+        held, deadline = [], time.monotonic() + GROW_FOR_S
+        while time.monotonic() < deadline:
+            held.append(bytearray(GROW_BYTES))
+            for offset in range(0, GROW_BYTES, 4096):
+                held[-1][offset] = 1
+            time.sleep(0.05)

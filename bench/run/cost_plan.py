@@ -12,8 +12,11 @@ its requests, at a stated throughput; and, once cells have run, from what they m
   gold NLL, plus ``eval.max_gen_toks`` generated tokens for a generating task, at 2N per token.
 - Throughput: a fraction of the device's dense peak (``--assume-mfu`` for training,
   ``--assume-eval-mfu`` for evaluation, whose generation is bound by memory, not FLOPs), of
-  ``--device-flops`` (default: an H100's 989 TFLOP/s dense bf16). Device-hours count every
-  device of a sharded cell.
+  ``--device-flops``. Default: on a GPU machine an H100's 989 TFLOP/s dense bf16; on a CPU
+  machine this CPU's own matrix throughput, measured once per policy by a short probe
+  (``cpu_flops``: a SmolLM2-sized matmul in the policy's compute dtype, on the threads one
+  worker of a trial holds). Device-hours count every device of a sharded cell (a CPU trial's
+  worker is one device).
 - Measured: a cell with a successful result contributes its own ``train_s`` and ``eval_s`` x
   workers; a cell still to run that shares its backbone, method and training settings with
   measured ones is estimated at their measured tokens/s and seconds per evaluation instead.
@@ -22,8 +25,11 @@ its requests, at a stated throughput; and, once cells have run, from what they m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from bench.backbones.registry import device
 from bench.config import to_dict
@@ -39,22 +45,75 @@ H100_BF16_FLOPS = 989e12
 GENERATING = {"generate", "gsm8k", "open"}
 
 
+@functools.lru_cache(maxsize=8)
+def cpu_flops(policy: str, threads: int = 1) -> float:
+    """This CPU's dense matmul throughput (FLOP/s) in ``policy``'s compute dtype on ``threads``
+    threads: the best of 5 products of a 512 x 576 by 576 x 1536 matrix (SmolLM2-135M's MLP at a
+    512-token micro-batch), about 0.1 s."""
+    import torch
+
+    from bench.engine.precision import Precision
+
+    precision = Precision.from_config(policy, torch.device("cpu"))
+    dtype = precision.autocast_dtype or precision.param_dtype
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        a, b = torch.randn(512, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
+        a @ b  # noqa: B018 - warm-up
+        best = min(_timed(lambda: a @ b) for _ in range(5))
+    finally:
+        torch.set_num_threads(before)
+    return 2 * 512 * 576 * 1536 / best
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return max(time.perf_counter() - start, 1e-9)
+
+
+# Default fractions of the peak: on a GPU, of its dense bf16 peak (generation is bound by memory);
+# on a CPU, of the probe's matmul throughput, fitted on the quickstart grid's measured cells
+# (docs/perf.md, "Cost plan on a CPU").
+GPU_FRACTIONS, CPU_FRACTIONS = (0.40, 0.05), (0.80, 0.40)
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @dataclasses.dataclass(frozen=True)
 class Assumptions:
-    mfu: float = 0.40
-    eval_mfu: float = 0.05
-    device_flops: float = H100_BF16_FLOPS
+    mfu: float | None = None  # None: GPU_FRACTIONS or CPU_FRACTIONS, by the machine
+    eval_mfu: float | None = None
+    device_flops: float | None = None  # None: an H100's on a GPU machine, else this CPU's (``cpu_flops``)
 
     def __post_init__(self) -> None:
+        defaults = GPU_FRACTIONS if on_gpu() or self.device_flops is not None else CPU_FRACTIONS
+        object.__setattr__(self, "mfu", defaults[0] if self.mfu is None else self.mfu)
+        object.__setattr__(self, "eval_mfu", defaults[1] if self.eval_mfu is None else self.eval_mfu)
         for flag, value in (("--assume-mfu", self.mfu), ("--assume-eval-mfu", self.eval_mfu)):
             if not 0 < value <= 1:  # also false for nan
                 raise ValueError(f"{flag} {value}: allowed: a fraction in (0, 1]")
-        if not (0 < self.device_flops < float("inf")):  # nan and inf would make every cost nan or 0
+        if self.device_flops is not None and not (0 < self.device_flops < float("inf")):  # nan, inf: every cost nan or 0
             raise ValueError(f"--device-flops {self.device_flops}: allowed: a finite number > 0")
 
+    def peak(self, cell: Cell) -> float:
+        """The dense peak a cell's throughput is a fraction of."""
+        if self.device_flops is not None:
+            return self.device_flops
+        return H100_BF16_FLOPS if on_gpu() else cpu_flops(cell.precision, cell.train.workers)
+
     def text(self) -> str:
-        return (f"training at {100 * self.mfu:.0f}% and evaluation at {100 * self.eval_mfu:.0f}% of "
-                f"{self.device_flops / 1e12:.0f} TFLOP/s per device")
+        if self.device_flops is not None or on_gpu():
+            peak = f"{(self.device_flops or H100_BF16_FLOPS) / 1e12:.0f} TFLOP/s per device"
+        else:
+            peak = "this CPU's measured matmul throughput per worker (" + ", ".join(
+                f"{p} {cpu_flops(p) / 1e9:.0f} GFLOP/s" for p in ("fp32", "bf16-mixed")) + " at one thread)"
+        return f"training at {100 * (self.mfu or 0):.0f}% and evaluation at {100 * (self.eval_mfu or 0):.0f}% of {peak}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +189,8 @@ def measured(cell: Cell) -> tuple[float, float] | None:
         return None
     workers = result.train.workers or 1
     timing = result.train.timing
+    if "train_s" not in timing:  # an earlier or hand-made result that timed nothing: not a measurement
+        return None
     return timing.get("train_s", 0.0) * workers, timing.get("eval_s", 0.0) * workers
 
 
@@ -153,12 +214,13 @@ def plan_costs(cells: Sequence[Cell], assume: Assumptions) -> list[Cost]:
             per_step, per_eval = (sum(r[i] for r in like) / len(like) for i in (0, 1))
             out.append(Cost(per_step * steps(c) / 3600, per_eval * evaluations(c) / 3600, "calibrated", tokens))
         else:
-            out.append(Cost(train_flops / (assume.mfu * assume.device_flops) / 3600,
-                            eval_flops * evaluations(c) / (assume.eval_mfu * assume.device_flops) / 3600,
-                            "assumed", tokens))
+            peak = assume.peak(c)
+            out.append(Cost(train_flops / (float(assume.mfu) * peak) / 3600,
+                            eval_flops * evaluations(c) / (float(assume.eval_mfu) * peak) / 3600, "assumed", tokens))
     for name in sorted({c.backbone.name for c in cells}):  # the base scores, before the trials
-        _, _, eval_flops = work(next(c for c in cells if c.backbone.name == name))
-        out.append(Cost(0.0, eval_flops / (assume.eval_mfu * assume.device_flops) / 3600, "assumed", 0))
+        first = next(c for c in cells if c.backbone.name == name)
+        _, _, eval_flops = work(first)
+        out.append(Cost(0.0, eval_flops / (float(assume.eval_mfu) * assume.peak(first)) / 3600, "assumed", 0))
     return out
 
 

@@ -76,6 +76,7 @@ def _execute(cell: Cell, sharding: Sharding, precision: Precision, *, progress: 
     if not force and (previous := done_result(cell)) is not None:
         return previous  # it finished while this process waited for the lock
     run, evaluation, provenance = new_run_info(cell), Evaluation(), res.provenance()
+    res.reset_peak_memory()
     start = time.perf_counter()
     trainer = method = None
     timing = dict(timing or {})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import resource
 import subprocess
 from importlib import metadata
@@ -135,10 +136,32 @@ def provenance() -> Provenance:
     return Provenance(versions=versions(), hardware=hardware(), **git_state())
 
 
+STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory() -> None:
+    """Start this run's peak memory from now: CUDA's peak statistics, and on Linux the process's
+    peak RSS (``VmHWM``, reset by writing 5 to ``clear_refs``), so a trial that reuses a Ray
+    worker does not report the peak of the trial before it."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:  # not Linux, or not allowed: the peak is then the process's since it started
+        pass
+
+
 def peak_memory_bytes() -> int:
-    """CUDA max allocated on GPU, else the process's peak RSS."""
+    """CUDA max allocated on GPU, else the peak RSS since ``reset_peak_memory`` (``VmHWM``; the
+    process's lifetime peak where Linux's counters are not there)."""
     import torch
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    try:
+        found = re.search(r"^VmHWM:\s+(\d+) kB", STATUS.read_text(), re.M)
+    except OSError:
+        found = None
+    return int(found.group(1)) * 1024 if found else int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
