@@ -10,8 +10,8 @@ interquartile mean of the normalized scores over seeds x tasks) and ``prob_impro
 bootstrap interval over seeds and no test.
 
 Holm's correction runs over a declared family: per regime, all (method, task) ``score``
-comparisons against the baseline; every other metric is its own family per regime. ``p_holm``
-alone decides a mark (``MARK``). A comparison that is not significant reads "below
+comparisons against the baseline; every other metric is its own family per regime. a mark
+(``MARK``) needs ``p_holm`` < 0.05 and an interval that excludes 0. A comparison that is not significant reads "below
 resolution" when its interval still reaches the smallest detectable difference (``mde``), and
 "within ±mde" when the interval lies inside it: never "no difference".
 """
@@ -67,13 +67,16 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return self.tested and self.p_holm < SIGNIFICANT
+        """Holm-adjusted p below ``SIGNIFICANT`` and an interval (over seeds, then items) that
+        excludes 0: seeds that disagree withhold the verdict the items alone would give."""
+        r = self.result
+        return self.tested and self.p_holm < SIGNIFICANT and (r.ci_low > 0 or r.ci_high < 0)
 
     @property
     def verdict(self) -> str:
         r = self.result
         if not self.tested:
-            return "interval only" if self.metric in ("iqm_norm", "prob_improvement") else "no test (one seed)"
+            return "interval only" if self.metric in ("iqm_norm", "prob_improvement") else "no test (one seed, or no spread)"
         if self.significant:
             better = (r.diff > 0) == HIGHER_IS_BETTER[self.metric]
             return "better" if better else "worse"
@@ -351,7 +354,8 @@ def mark_table(table: Table, comparisons: Sequence[Comparison], baseline: str, c
     weak = {k: v for k, v in signal_to_noise(table).items() if v < 1}
     notes = [f"Bold: the best mean of a column, only where it differs from every other row at Holm-adjusted "
              f"p < {SIGNIFICANT} (per item and seed for task scores, Welch over seeds otherwise); none bold = "
-             f"none separated. {MARK} = differs from {baseline} at Holm-adjusted p < {SIGNIFICANT} "
+             f"none separated. {MARK} = differs from {baseline} at Holm-adjusted p < {SIGNIFICANT}, its 95% interval "
+             f"excluding 0 "
              f"(comparisons.csv). {family_note([c for c in comparisons if c.regime == table_regime(table)], baseline)}"]
     if line := resolution_line([c for c in comparisons if c.regime == table_regime(table)], tasks):
         notes.append(line)

@@ -149,7 +149,7 @@ def seed_paired(a: Sequence[float], b: Sequence[float], key: str) -> Paired:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = x - y
     diff = float(d.mean())
-    if len(d) < 2 or float(d.std(ddof=1)) == 0.0:
+    if len(d) < 2 or float(d.std(ddof=1)) <= 1e-9 * max(1.0, float(np.abs(d).max())):  # rounding, not spread
         p, test = 1.0, "none (fewer than 2 seeds, or no spread)"
         low = high = diff
         mde, var = math.inf, 0.0

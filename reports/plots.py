@@ -141,6 +141,6 @@ def forest_plots(comparisons: Sequence[Any], out: Path) -> list[Path]:
         ax.axvline(0, color="#555", lw=1)
         ax.set_yticks(range(len(rows)), [f"{c.backbone} {c.method}: {c.task}" for c in reversed(rows)], fontsize=8)
         ax.set_xlabel(f"final score − {rows[0].baseline} (points), 95% CI")
-        ax.set_title(f"{regime}: paired differences (filled red = Holm-adjusted p < 0.05)", fontsize=9)
+        ax.set_title(f"{regime}: paired differences (red = Holm-adjusted p < 0.05, CI excludes 0)", fontsize=9)
         paths.append(save_figure(fig, out / f"forest_{slug(regime)}.png"))
     return paths

@@ -228,7 +228,7 @@ def comparison_files(comparisons: Sequence[cmp.Comparison], baseline: str, runs:
                 "paired bootstrap over items for graded scores and NLL, a paired t-test over seeds for aggregates; "
                 "intervals from a bootstrap over seeds, then items. "
                 "diff = method − baseline (mean over seeds of the paired differences), 95% CI; "
-                f"{cmp.MARK} = Holm-adjusted p < {cmp.SIGNIFICANT}. "
+                f"{cmp.MARK} = Holm-adjusted p < {cmp.SIGNIFICANT} and a 95% interval that excludes 0. "
                 + " ".join(sorted({cmp.family_note([c for c in comparisons if c.regime == r], baseline)
                                    for r in {c.regime for c in comparisons}}))
                 + " mde = the smallest difference detectable at 80% power (alpha 0.05, two-sided); needed = the "
