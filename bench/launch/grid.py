@@ -156,8 +156,12 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
     by_id = {c.run_id: c for c in todo}  # built before fit(): a trial killed before its first report has no config
     errors: dict[str, str | None] = {}  # run id -> trial path, from Tune's callback
     busy: set[str] = set()  # cells another isobench process was running: left to it
+    started: set[str] = set()  # cells whose trial started in this round of ``fit``
 
     class Callback(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):  # noqa: ANN001, ANN202
+            started.add(trial.config["cell"]["run_id"])
+
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001, ANN202
             progress.report(str(result.get("run_id")), result)
             if result.get("busy"):
@@ -174,14 +178,12 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
             errors[run_id] = trial.path
             progress.finished(run_id, failed=True)
 
-    cells = [{"config": {**to_dict(c.config), "results_dir": str(Path(c.results_dir).resolve())}, "run_id": c.run_id}
-             for c in todo]
-    with ray_session(study_dir, address, verbose):
-        kinds = sorted({json.dumps(r, sort_keys=True) for r in per_trial.values()})
-        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {' or '.join(kinds)} per trial", file=sys.stderr)
-        tuner = tune.Tuner(
+    def tuner_of(cells: list[Cell]) -> Any:
+        space = [{"config": {**to_dict(c.config), "results_dir": str(Path(c.results_dir).resolve())}, "run_id": c.run_id}
+                 for c in cells]
+        return tune.Tuner(
             tune.with_resources(_trial, trial_resources),
-            param_space={"cell": tune.grid_search(cells), "resources": per_trial, "restart": restart},
+            param_space={"cell": tune.grid_search(space), "resources": per_trial, "restart": restart},
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.spec.max_concurrent_trials or None,
                                         reuse_actors=True),  # no second round of imports per trial
             run_config=tune.RunConfig(name=f"grid-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -189,17 +191,34 @@ def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bo
                                       callbacks=[Callback(), *logger_callbacks(grid.spec.loggers, study_dir)],
                                       failure_config=tune.FailureConfig(max_failures=grid.spec.max_failures)),
         )
-        outcome = tuner.fit()
-        by_path = {str(r.path): r.error for r in outcome if r.error is not None}
-        for run_id, path in errors.items():
-            cell, error = by_id[run_id], by_path.get(str(path)) or RuntimeError("the trial ended with an error")
-            if cell_status(cell) in ("failed", "success"):
-                continue
+
+    with ray_session(study_dir, address, verbose):
+        kinds = sorted({json.dumps(r, sort_keys=True) for r in per_trial.values()})
+        print(f"[grid] running {len(todo)} of {len(grid.cells)} cells, {' or '.join(kinds)} per trial", file=sys.stderr)
+        remaining = list(todo)
+        while remaining:
+            started.clear()
             try:
-                _record_crash(cell, error)
-            except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
-                print(f"[grid] {cell.run_id} failed ({type(error).__name__}: {str(error)[-300:]}) and its "
-                      f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
+                outcome = tuner_of(remaining).fit()
+            except Exception as e:  # noqa: BLE001 - Tune's controller itself raised (e.g. for a trial Ray
+                # killed for memory): the cells it was running failed, the ones it had not started run next
+                stopped = [c for c in remaining if c.run_id in started and cell_status(c) not in ("success", "failed")]
+                for cell in stopped or remaining:
+                    print(f"[grid] {cell.run_id} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+                    _record_crash(cell, e)
+                remaining = [c for c in remaining if c.run_id not in started] if stopped else []
+                continue
+            by_path = {str(r.path): r.error for r in outcome if r.error is not None}
+            for run_id, path in errors.items():
+                cell, error = by_id[run_id], by_path.get(str(path)) or RuntimeError("the trial ended with an error")
+                if cell_status(cell) in ("failed", "success"):
+                    continue
+                try:
+                    _record_crash(cell, error)
+                except OSError as e:  # e.g. the disk is full: say so, keep the trial's own error
+                    print(f"[grid] {cell.run_id} failed ({type(error).__name__}: {str(error)[-300:]}) and its "
+                          f"result could not be written to {cell.run_dir}: {e}", file=sys.stderr)
+            break
     # After Ctrl-C, Ray returns partial results instead of raising: cells left without a result
     # did not finish, and isobench (not Ray's Tuner.restore) says how to resume.
     unfinished = sum(cell_status(c) in ("missing", "running") for c in todo if c.run_id not in busy)
@@ -221,8 +240,9 @@ def worker_death(error: BaseException) -> BaseException:
     Ray's memory monitor killed it (with the memory figures Ray reports), ``WorkerDied`` for any
     other process death; other errors as they are."""
     text = f"{type(error).__name__}: {error}"
-    if "OutOfMemoryError" in text or "memory monitor" in text.lower() or "killed due to memory" in text.lower():
-        figures = re.search(r"(Memory on the node.*?threshold of [0-9.]*[0-9])", text, re.S)
+    if "OutOfMemoryError" in text or "memory monitor" in text.lower() or "killed due to memory" in text.lower() \
+            or "running low on memory" in text.lower():
+        figures = re.search(r"(Memory on the node.*?(?:threshold of [0-9.]*[0-9]|limit \([0-9.]+\)))", text, re.S)
         return OutOfMemory("Ray's memory monitor killed the trial" + (f": {' '.join(figures.group(1).split())}"
                                                                        if figures else f" ({text[-300:]})"))
     if any(sign in text for sign in ("WorkerCrashedError", "ActorDiedError", "RayActorError", "died unexpectedly",
