@@ -84,6 +84,8 @@ class Method(Generic[C]):
 
     ``isolates = True`` declares that the method freezes entries (``isolation_masks``); the
     contract tests then require that it isolates something and keeps it bit-identical.
+    ``min_stages = 2`` (with ``needs_stages_because``) declares a method that is full SFT by
+    construction in a single stage, such as replay (nothing earlier to replay).
     ``plans_stages = True`` declares that ``plan_stages`` replaces the regime's grouping of tasks
     into stages; such a method runs only in the ``multistage`` regime (checked with the config).
     Events (``drain_events``) are dicts with a ``kind`` (e.g. ``"set_drift"``), ``step`` and
@@ -94,6 +96,10 @@ class Method(Generic[C]):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     isolates: ClassVar[bool] = False
     plans_stages: ClassVar[bool] = False
+    # A method that acts only between stages declares the stages it needs and why: a run whose
+    # regime makes fewer (multitask: one) is refused, and a grid does not cross it with that regime.
+    min_stages: ClassVar[int] = 1
+    needs_stages_because: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """``Config`` from the options class of ``Method[...]`` (unless the class sets it)."""

@@ -45,6 +45,10 @@ class EWCConfig(MethodConfig):
 class EWC(Method[EWCConfig]):
     """Online EWC: a quadratic penalty towards the last stage's weights, weighted by Fisher."""
 
+    min_stages = 2
+    needs_stages_because = ("its penalty anchors to the weights a finished stage ended with: in one stage it never "
+                            "applies and trains as full SFT")
+
     def prepare(self, model: nn.Module) -> nn.Module:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.fisher = {n: torch.zeros_like(local(p), dtype=torch.float32) for n, p in self.params.items()}

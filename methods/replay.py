@@ -38,6 +38,9 @@ class ReplayConfig(MethodConfig):
 class Replay(Method[ReplayConfig]):
     """Replaces a share of every step's rows with rows kept from earlier stages."""
 
+    min_stages = 2
+    needs_stages_because = "it replays rows of finished stages: in one stage it has none and trains as full SFT"
+
     def __init__(self, config: ReplayConfig) -> None:
         super().__init__(config)
         self.buffer: list[Row] = []

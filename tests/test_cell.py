@@ -155,3 +155,16 @@ def test_a_study_holding_both_spellings_reports_one_row(tmp_path):
     report(grid.study_dir)
     rows = [line for line in (grid.study_dir / "tables" / "main_multitask.md").read_text().splitlines() if "epi" in line]
     assert len(rows) == 1 and "2/2" in rows[0], rows
+
+
+def test_a_method_that_is_full_sft_in_one_stage_is_refused_there_and_not_crossed_with_it(tmp_path):
+    from bench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="'replay' needs at least 2 stages .* regime 'multitask' makes 1"):
+        cell_of({"method": {"name": "replay"}, "regime": "multitask"})
+    assert cell_of({"method": {"name": "replay"}, "regime": "sequential"}).method_name == "replay"
+    path = tmp_path / "g.toml"
+    path.write_text(f'results_dir = {str(tmp_path)!r}\n[grid]\nmethods = ["full_sft", "ewc"]\n'
+                    'regimes = ["multitask", "sequential"]\n')
+    assert sorted((c.method_name, c.regime) for c in load_grid(path).cells) == [
+        ("ewc", "sequential"), ("full_sft", "multitask"), ("full_sft", "sequential")]

@@ -40,7 +40,7 @@ def test_memory_plan_equals_the_exact_bytes_of_a_tiny_model(name, precision):
     options = FAST.get(name, {})
     h = contract_run(name, options, precision=precision)
     config = cell_of({"backbone": {"name": "tiny-llama"}, "method": {"name": name, "options": options},
-                      "regime": "multistage" if methods.get(name).plans_stages else "multitask",
+                      "regime": "multistage" if methods.get(name).plans_stages else "sequential",
                       "train": {"precision": precision, "batch_size": 4}})
     plan = plan_cell(config, None)
     params = list(h.model.parameters())

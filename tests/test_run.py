@@ -66,17 +66,24 @@ def test_config_error_exits_2_naming_the_key(tmp_path, capsys):
     assert "train.lr_max" in capsys.readouterr().err
 
 
-FAST_PAIRS = {("mofo", "multitask"), ("hft", "multistage"), ("ewc", "sequential"), ("replay", "multistage")}
+FAST_PAIRS = {("mofo", "multitask"), ("hft", "multistage"), ("ewc", "sequential"), ("replay", "multistage"),
+              ("replay", "multitask"), ("ewc", "multitask")}  # the last two are refused before anything loads
 
 
 @pytest.mark.parametrize("method,regime", [
     pytest.param(m, r, marks=() if (m, r) in FAST_PAIRS else pytest.mark.slow)
     for m in ("mofo", "hft", "ewc", "replay") for r in ("multitask", "sequential", "multistage")])
-def test_the_rivals_of_other_kinds_run_in_every_regime(tmp_path, method, regime):
+def test_the_rivals_of_other_kinds_run_in_every_regime(tmp_path, capsys, method, regime):
     """MoFO, HFT, EWC and replay through ``isobench run`` in each regime: a successful result
-    with the stages the regime plans, the budget recorded, and EWC's loss term in the log."""
+    with the stages the regime plans, the budget recorded, and EWC's loss term in the log; EWC
+    and replay, full SFT by construction in one stage, are refused in the multitask regime."""
     args = fast(tmp_path, f"grid.methods={json.dumps([method])}", "grid.method_options={}", f"regime={json.dumps(regime)}",
                 "tasks.num_groups=2")  # 3 steps a stage: the first of each is at lr 0 (warm-up)
+    if method in ("ewc", "replay") and regime == "multitask":
+        assert main(["run", SMOKE, *args]) == 2
+        err = capsys.readouterr().err
+        assert "needs at least 2 stages" in err and "trains as full SFT" in err and "makes 1" in err
+        return
     assert main(["run", SMOKE, *args]) == 0
     r = only_result(tmp_path)
     assert r["run"]["status"] == "success" and r["run"]["method"] == method

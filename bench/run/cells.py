@@ -2,7 +2,9 @@
 
 Expansion is plain, deterministic Python: backbones x regimes x methods x (each method's own
 option lists, crossed only with that method) x seeds. A method that plans its own stages
-(``Method.plans_stages``, e.g. CPI-FT) is crossed with the ``multistage`` regime only. The same cell always resolves to the same
+(``Method.plans_stages``, e.g. CPI-FT) is crossed with the ``multistage`` regime only, and one
+that acts between stages (``Method.min_stages``: replay, EWC) only with regimes that make enough.
+The same cell always resolves to the same
 config and therefore the same run id.
 
     [grid]
@@ -45,6 +47,7 @@ from bench.config import (
     resolve_sources,
 )
 from bench.run.cell import Cell, resolve
+from bench.run.checks import stage_problem
 from bench.run.memory_plan import parse_size
 
 
@@ -188,7 +191,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
         if methods.get(method).plans_stages and "multistage" not in regimes:
             raise ConfigError(f"{where}: method {method!r} plans its own stages and runs only in the 'multistage' "
                               f"regime; allowed: add 'multistage' to grid.regimes (now {', '.join(regimes)})")
-    cells = []
+    cells, skipped = [], {}
     for backbone, regime, method, axes, seed in itertools.product(
             spec.backbones or [base.backbone.name], regimes, grid_methods, _option_axes(spec.axes),
             spec.seeds or [base.seed]):
@@ -202,7 +205,13 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
             config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
+            if stage_problem(config) is not None:
+                skipped.setdefault(method, stage_problem(config) or "")
+                continue  # full SFT by construction in this regime: not crossed with it
             cells.append(resolve(config, where))
+    for method, why in skipped.items():
+        if not any(c.method_name == method for c in cells):
+            raise ConfigError(f"{where}: grid.methods names {method!r}, but no regime of the grid suits it: {why}")
     ids = [c.run_id for c in cells]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})

@@ -135,13 +135,32 @@ def parse_judge(judge: dict[str, Any], where: str) -> options.Options | None:
     return chosen
 
 
+def stage_count(config: RunConfig) -> int:
+    """The stages the config's regime makes (before a method that plans its own replaces them)."""
+    return {"multitask": 1, "sequential": len(config.tasks.names)}.get(
+        config.regime, len(config.tasks.groups) or config.tasks.num_groups)
+
+
+def stage_problem(config: RunConfig) -> str | None:
+    """Why the config's method is full SFT by construction in its regime (``Method.min_stages``), or None."""
+    cls = methods.get(config.method.name)
+    if cls.plans_stages or stage_count(config) >= cls.min_stages:
+        return None
+    return (f"method {config.method.name!r} needs at least {cls.min_stages} stages ({cls.needs_stages_because}); "
+            f"regime {config.regime!r} makes {stage_count(config)}")
+
+
 def check_stages(config: RunConfig, where: str) -> None:
     """The multistage regime's groups cover every task exactly once (or K fits the task count),
-    and a method that plans its own stages runs in that regime."""
+    a method that plans its own stages runs in that regime, and a method that acts between
+    stages gets enough of them."""
     names, groups = config.tasks.names, config.tasks.groups
     if methods.get(config.method.name).plans_stages and config.regime != "multistage":
         raise ConfigError(f"{where}: method {config.method.name!r} plans its own stages; bad value "
                           f"{config.regime!r} for key 'regime'; allowed: 'multistage'")
+    if (problem := stage_problem(config)) is not None:
+        raise ConfigError(f"{where}: {problem}; allowed: 'sequential' or 'multistage' with at least "
+                          f"{methods.get(config.method.name).min_stages} stages for key 'regime'")
     if config.regime != "multistage":
         return
     flat = [t for g in groups for t in g]
