@@ -44,7 +44,7 @@ from bench.run.cell import Cell, resolve
 from bench.run.cells import Grid
 from bench.run.cost_plan import Assumptions, measured, plan_costs
 from bench.run.memory_plan import DoesNotFit, check_fits
-from bench.run.status import RunBusy, cell_status, crash_result, twin_index
+from bench.run.status import RunBusy, TwinIndex, cell_status, crash_result, twin_index
 
 # A sharded cell's Tune trial only drives its TorchTrainer: one byte of memory, because Ray
 # refuses an empty request and any CPU it held would be missing for the trainer's workers.
@@ -83,7 +83,7 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
         check_resources(resources(cell, grid.spec.resources), address)
     with study_lock(grid.study_dir.resolve()):
         too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
-        twins = twin_index(grid.study_dir)
+        twins = twin_index(grid.study_dir)  # folders holding a cell under its spelled-out id count as the cell
         for cell, _ in too_big:
             if cell_status(cell, twins) != "success":
                 try:
@@ -91,7 +91,7 @@ def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False,
                 except DoesNotFit as e:
                     print(f"error: {e}", file=sys.stderr)
                     res.write_result(cell.run_dir, _failed(cell, e))
-        return _run_locked(grid, address, retry_failed, restart, verbose, assume or Assumptions())
+        return _run_locked(grid, twins, address, retry_failed, restart, verbose, assume or Assumptions())
 
 
 def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
@@ -114,12 +114,11 @@ def logger_callbacks(names: list[str], study_dir: Path) -> list[Any]:
     return out
 
 
-def _run_locked(grid: Grid, address: str | None, retry_failed: bool, restart: bool, verbose: bool,
+def _run_locked(grid: Grid, twins: TwinIndex, address: str | None, retry_failed: bool, restart: bool, verbose: bool,
                 assume: Assumptions) -> dict[str, int]:
     from ray import tune
 
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its "Resume with Tuner.restore" is not ours
-    twins = twin_index(grid.study_dir)  # folders holding a cell under its spelled-out id count as the cell
     write_manifest(grid, twins)
     redo = {"failed"} if retry_failed else {"missing", "running", "corrupt", "stale"}
     todo = [c for c in grid.cells if cell_status(c, twins) in redo]

@@ -205,8 +205,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
             config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
-            if stage_problem(config) is not None:
-                skipped.setdefault(method, stage_problem(config) or "")
+            if (problem := stage_problem(config)) is not None:
+                skipped.setdefault(method, problem)
                 continue  # full SFT by construction in this regime: not crossed with it
             cells.append(resolve(config, where))
     for method, why in skipped.items():
