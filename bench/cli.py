@@ -107,11 +107,18 @@ def assumptions(args: argparse.Namespace) -> Any:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    from bench.config import ConfigError
     from bench.launch.dry_run import describe
     from bench.launch.grid import run_grid
     from bench.run.cells import load_grid
+    from bench.run.tuning_spec import read_tuned
 
-    grid = _load(load_grid, args)
+    try:
+        tuned = read_tuned(args.tuned) if args.tuned else None
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    grid = _load(lambda config, overrides: load_grid(config, overrides, tuned), args)
     if grid is None:
         return 2
     try:
@@ -139,7 +146,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {args.config}: {missing[0]}", file=sys.stderr)
         return 2
-    from bench.config import ConfigError
     from bench.launch.study_lock import NotWritable, StudyBusy
 
     try:
@@ -202,15 +208,51 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bench.config import ConfigError
+    from bench.launch.study_lock import NotWritable, StudyBusy
+    from bench.launch.tuning import run_tune
+    from bench.run.cells import load_grid
+    from bench.run.preflight import preflight
+    from bench.run.tuning_spec import tune_spec
+
+    grid = _load(load_grid, args)
+    if grid is None:
+        return 2
+    try:
+        tune_spec(grid.spec, args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    missing = sorted({p for c in grid.cells for p in preflight(c, memory=False, writable=False).problems})
+    if missing:
+        print(f"error: {args.config}: {missing[0]}", file=sys.stderr)
+        return 2
+    try:
+        path = run_tune(grid, address=args.address, verbose=args.verbose)
+    except (ConfigError, NotWritable, StudyBusy) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{path}\nnext: isobench grid {args.config} --tuned {path}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     import methods
+    from bench.run.tuning_space import space_of
 
     for name in methods.names():
         cls = methods.get(name)
         doc = " ".join((sys.modules[cls.__module__].__doc__ or "").strip().split("\n\n")[0].split())
         print(f"{name}: {doc}")
+        space = space_of(name)
         for option, tp, default, help_text in methods.describe(name):
-            print(f"    {option} ({tp}, default {default!r}): {help_text}")
+            where = f"; search {space[f'method.options.{option}']}" if f"method.options.{option}" in space else ""
+            print(f"    {option} ({tp}, default {default!r}{where}): {help_text}")
+        print(f"    train.lr: search {space['train.lr']}")
     return 0
 
 
@@ -242,8 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-flops", type=float, default=None, metavar="FLOP/S",
                    help="cost plan: a device's dense peak (default: 989e12, an H100's bf16, on a GPU machine; this "
                         "CPU's matmul throughput, measured by a short probe, on a CPU machine)")
+    p.add_argument("--tuned", default=None, metavar="TUNED_TOML",
+                   help="build the cells with the learning rate and options `isobench tune` chose (results/<study>/tuned.toml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.set_defaults(fn=cmd_grid)
+    p = sub.add_parser("tune", help="search every method of a grid on the validation split, same budget "
+                                    "([grid.tune]); writes results/<study>/tuned.toml")
+    p.add_argument("config")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.set_defaults(fn=cmd_tune)
     p = sub.add_parser("report", help="tables and plots of a study from its result files alone")
     p.add_argument("study", help="results/<study>")
     p.add_argument("--methods", default="", help="row order, comma-separated (default: a fixed order)")

@@ -62,6 +62,7 @@ from torch import nn
 
 from methods.parts.contexts import Batch, PlanContext, Row, StageContext, StageData, StagePlan, tensor_bytes
 from pluggable.options import Options
+from pluggable.search import Domain
 
 __all__ = ["Batch", "Method", "MethodConfig", "PlanContext", "Row", "StageContext", "StageData", "StagePlan",
            "tensor_bytes"]
@@ -86,6 +87,8 @@ class Method(Generic[C]):
     contract tests then require that it isolates something and keeps it bit-identical.
     ``min_stages = 2`` (with ``needs_stages_because``) declares a method that is full SFT by
     construction in a single stage, such as replay (nothing earlier to replay).
+    Each option may declare a search domain (``pluggable.search``) in its field's metadata, and
+    ``lr_search`` the learning rate's: ``isobench tune`` searches exactly those.
     ``plans_stages = True`` declares that ``plan_stages`` replaces the regime's grouping of tasks
     into stages; such a method runs only in the ``multistage`` regime (checked with the config).
     Events (``drain_events``) are dicts with a ``kind`` (e.g. ``"set_drift"``), ``step`` and
@@ -100,6 +103,9 @@ class Method(Generic[C]):
     # regime makes fewer (multitask: one) is refused, and a grid does not cross it with that regime.
     min_stages: ClassVar[int] = 1
     needs_stages_because: ClassVar[str] = ""
+    # Where a tuner looks for this method's learning rate, when the run config's domain for
+    # ``train.lr`` does not suit it (LoRA's adapters train at larger rates); None: that domain.
+    lr_search: ClassVar[Domain | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """``Config`` from the options class of ``Method[...]`` (unless the class sets it)."""

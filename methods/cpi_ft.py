@@ -35,6 +35,7 @@ from methods.parts.isolation import IsolationConfig, IsolationMethod
 from methods.parts.merging import connected_groups, overlap_matrix, slerp
 from methods.parts.selection import select_top_fraction
 from methods.registry import register
+from pluggable.search import log_uniform, uniform
 
 Index = dict[str, torch.Tensor]
 
@@ -42,11 +43,14 @@ Index = dict[str, torch.Tensor]
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CPIFTConfig(IsolationConfig):
     rho: float = dataclasses.field(default=0.01, metadata={
-        "help": "core region of each task: the global top fraction of |theta_probe - theta_0| (the paper's p)"})
+        "help": "core region of each task: the global top fraction of |theta_probe - theta_0| (the paper's p)",
+        "search": log_uniform(1e-3, 0.2)})
     probe_steps: int = dataclasses.field(default=20, metadata={"help": "fine-tuning steps of each task's probe"})
     probe_lr: float = dataclasses.field(default=1e-4, metadata={"help": "learning rate of the probes"})
-    tau: float = dataclasses.field(default=0.1, metadata={"help": "core overlap (Jaccard) that joins two tasks"})
-    omega: float = dataclasses.field(default=0.5, metadata={"help": "SLERP factor towards each probe (fusion)"})
+    tau: float = dataclasses.field(default=0.1, metadata={"help": "core overlap (Jaccard) that joins two tasks",
+                                                          "search": uniform(0.02, 0.5)})
+    omega: float = dataclasses.field(default=0.5, metadata={"help": "SLERP factor towards each probe (fusion)",
+                                                            "search": uniform(0.0, 1.0)})
     epsilon: float = dataclasses.field(default=5e-4, metadata={"help": "linear interpolation when |cos| > 1 - epsilon"})
     group_order: str = dataclasses.field(default="random", metadata={"help": "random | tasks"})
     normalize: str = dataclasses.field(default="none", metadata={"help": "none | layer_minmax (core selection)"})

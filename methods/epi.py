@@ -26,11 +26,12 @@ from torch import nn
 from methods.parts.importance import GradSquaredEMA, second_moment
 from methods.parts.refreshing import RefreshConfig, RefreshingIsolation
 from methods.registry import register
+from pluggable.search import uniform
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EPIConfig(RefreshConfig):
-    beta: float = dataclasses.field(default=0.9, metadata={"help": "EMA decay of g^2"})
+    beta: float = dataclasses.field(default=0.9, metadata={"help": "EMA decay of g^2", "search": uniform(0.5, 0.99)})
     importance: str = dataclasses.field(default="ema", metadata={"help": "ema | adam_v"})
     reset_moments: bool = dataclasses.field(
         default=False, metadata={"help": "clear Adam moments of entries that become isolated"})

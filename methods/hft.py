@@ -27,13 +27,15 @@ from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
 from methods.registry import register
+from pluggable.search import choice
 
 _LAYER = re.compile(r"\.(\d+)\.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HFTConfig(MethodConfig):
-    selection: str = dataclasses.field(default="category", metadata={"help": "category | random"})
+    selection: str = dataclasses.field(default="category", metadata={"help": "category | random",
+                                                                      "search": choice("category", "random")})
 
     def __post_init__(self) -> None:
         self.check(self.selection in ("category", "random"), "selection", "'category' or 'random'")

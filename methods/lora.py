@@ -11,13 +11,14 @@ from torch import nn
 
 from methods.base import Method, MethodConfig
 from methods.registry import register
+from pluggable.search import choice, log_uniform
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LoRAConfig(MethodConfig):
     """peft ``LoraConfig`` fields that matter for the comparison."""
 
-    r: int = dataclasses.field(default=8, metadata={"help": "adapter rank"})
+    r: int = dataclasses.field(default=8, metadata={"help": "adapter rank", "search": choice(4, 8, 16, 32)})
     alpha: int = dataclasses.field(default=16, metadata={"help": "scaling numerator (alpha / r)"})
     dropout: float = dataclasses.field(default=0.0, metadata={"help": "dropout on the adapter input"})
     target_modules: tuple[str, ...] = dataclasses.field(
@@ -35,6 +36,8 @@ class LoRAConfig(MethodConfig):
 @register("lora")
 class LoRA(Method[LoRAConfig]):
     """Injects adapters in ``adapt``; the base weights stay frozen by peft."""
+
+    lr_search = log_uniform(1e-5, 1e-2)  # adapters train at larger rates than full weights (1e-4 to 1e-3 is usual)
 
     def adapt(self, model: nn.Module) -> nn.Module:
         from peft import LoraConfig, get_peft_model  # peft imports take seconds: only when used

@@ -27,11 +27,13 @@ from torch import nn
 from methods.base import Method, MethodConfig
 from methods.parts.collectives import full, local, local_part
 from methods.registry import register
+from pluggable.search import log_uniform
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MoFOConfig(MethodConfig):
-    alpha: float = dataclasses.field(default=0.1, metadata={"help": "share of each tensor's entries updated per step"})
+    alpha: float = dataclasses.field(default=0.1, metadata={"help": "share of each tensor's entries updated per step",
+                                                            "search": log_uniform(0.01, 0.5)})
 
     def __post_init__(self) -> None:
         self.check(0.0 < self.alpha <= 1.0, "alpha", "a fraction in (0, 1]")

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from methods.base import Method, MethodConfig
 from pluggable import options as typed
+from pluggable import search
 from pluggable.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method", re.compile(r"^[a-z][a-z0-9_]*$"))
@@ -54,3 +55,14 @@ def build(name: str, options: dict[str, Any] | MethodConfig | None = None) -> Me
 def describe(name: str) -> list[tuple[str, str, Any, str]]:
     """(option, type, default, help) rows of a method's config, for ``isobench methods``."""
     return typed.describe(get(name).Config)
+
+
+def search_space(name: str) -> dict[str, search.Domain]:
+    """The domains a tuner searches for method ``name``: each option that declares one (its field's
+    ``search`` metadata), by option name, plus ``train.lr`` when the method narrows the learning
+    rate's domain (``Method.lr_search``; otherwise the run config's own domain applies)."""
+    cls = get(name)
+    space = dict(search.domains(cls.Config))
+    if cls.lr_search is not None:
+        space["train.lr"] = cls.lr_search
+    return space

@@ -22,11 +22,13 @@ from typing import Any
 
 from methods.base import Method, MethodConfig, Row, StageContext
 from methods.registry import register
+from pluggable.search import uniform
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ReplayConfig(MethodConfig):
-    ratio: float = dataclasses.field(default=0.25, metadata={"help": "share of each step's rows replaced by replay"})
+    ratio: float = dataclasses.field(default=0.25, metadata={"help": "share of each step's rows replaced by replay",
+                                                             "search": uniform(0.05, 0.5)})
     rows_per_stage: int = dataclasses.field(default=64, metadata={"help": "training rows kept from each finished stage",
                                                                   "minimum": 1})
 

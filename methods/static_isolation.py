@@ -24,12 +24,14 @@ from methods.parts.importance import mean_grad_squared, probe_displacement
 from methods.parts.isolation import IsolationConfig, IsolationMethod
 from methods.parts.selection import select_top_fraction
 from methods.registry import register
+from pluggable.search import log_int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StaticIsolationConfig(IsolationConfig):
     source: str = dataclasses.field(default="gradient", metadata={"help": "gradient | probe"})
-    calibration_batches: int = dataclasses.field(default=8, metadata={"help": "batches for the gradient source"})
+    calibration_batches: int = dataclasses.field(default=8, metadata={"help": "batches for the gradient source",
+                                                                      "search": log_int(2, 32)})
     probe_steps: int = dataclasses.field(default=20, metadata={"help": "fine-tuning steps per task probe"})
     probe_lr: float = dataclasses.field(default=1e-4, metadata={"help": "probe AdamW learning rate"})
     normalize: str = dataclasses.field(default="layer_minmax", metadata={"help": "layer_minmax | none"})

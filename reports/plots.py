@@ -1,5 +1,6 @@
 """PNG plots from loaded runs (matplotlib, Agg backend, no metadata timestamps so identical
-inputs give identical files): set drift, per-task score bars, sequential heatmaps."""
+inputs give identical files): set drift, adapted schedules, per-task score bars, sequential
+heatmaps."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reports.load import Run  # noqa: E402
-from reports.metrics import DRIFT, drift_series, mean_std  # noqa: E402
+from reports.metrics import DRIFT, SCHEDULE, drift_series, mean_std  # noqa: E402
 from reports.tables import complete_matrix, final_scores, score_matrix  # noqa: E402
 
 PNG_META = {"Software": None}
@@ -72,6 +73,35 @@ def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
         name = "_".join(slug(x) for x in (regime, backbone, method) + ((variant,) if variant else ())
                         + ((source,) if source != "method" else ()))
         paths.append(save_figure(fig, out / f"drift_{name}.png"))
+    return paths
+
+
+def schedule_plots(runs: Sequence[Run], out: Path) -> list[Path]:
+    """One figure per (regime, backbone, method, variant) whose runs wrote ``schedule`` events (a
+    method that adapts its own isolation ratio and refresh interval while it trains): the ratio
+    (top) and the interval in steps (bottom) at each refresh, one colour per seed, dotted lines
+    where a stage ended. Drawn from the events alone, whatever method wrote them."""
+    paths = []
+    keys = sorted({(r.regime, r.backbone, r.method, r.variant) for r in runs if r.events_of(SCHEDULE)})
+    for regime, backbone, method, variant in keys:
+        chosen = sorted((r for r in runs if (r.regime, r.backbone, r.method, r.variant) == (regime, backbone, method,
+                                                                                             variant)
+                         and r.events_of(SCHEDULE)), key=lambda r: r.seed)
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 4.5), sharex=True)
+        for i, r in enumerate(chosen):
+            events = sorted(r.events_of(SCHEDULE), key=lambda e: e["step"])
+            steps = [e["step"] for e in events]
+            top.plot(steps, [e["rho"] for e in events], "-o", ms=3, color=f"C{i}", label=f"seed {r.seed}")
+            bottom.step(steps, [e["interval"] for e in events], "-", where="post", color=f"C{i}")
+        for step in sorted({s for r in chosen for s in stage_ends(r)}):
+            for ax in (top, bottom):
+                ax.axvline(step, color="0.6", linestyle=":", linewidth=1)
+        label = f"{method}" + (f" ({variant})" if variant else "")
+        top.set(ylabel="isolation ratio", title=f"adapted schedule: {label}\n({backbone}, {regime})")
+        bottom.set(xlabel="optimizer step (dotted: stage ends)", ylabel="refresh interval")
+        top.legend(fontsize=7)
+        name = "_".join(slug(x) for x in (regime, backbone, method) + ((variant,) if variant else ()))
+        paths.append(save_figure(fig, out / f"schedule_{name}.png"))
     return paths
 
 

@@ -22,7 +22,7 @@ from reports.flips import flips_plot, flips_table
 from reports.html import page
 from reports.load import Run, load_study, method_order
 from reports.metrics import LOST_UPDATE_THRESHOLD
-from reports.plots import drift_plots, forest_plots, heatmaps, score_bars
+from reports.plots import drift_plots, forest_plots, heatmaps, schedule_plots, score_bars
 from reports.sensitivity import sensitivity_plots, sensitivity_table
 from reports.tables import Table, forgetting_table, main_table, ordered_methods, ordered_tasks, row_groups
 
@@ -275,7 +275,8 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     for ext in ("md", "tex", "csv", "json"):
         write(out / f"comparisons.{ext}", compared[ext])
     shown.append(f"## comparisons against {baseline}\n\n{compared['md']}")
-    plots = forest_plots(comparisons, out) + drift_plots(runs, out) + score_bars(runs, row_methods, task_order, out) + \
+    plots = forest_plots(comparisons, out) + drift_plots(runs, out) + schedule_plots(runs, out) + \
+        score_bars(runs, row_methods, task_order, out) + \
         heatmaps(runs, row_methods, task_order, out) + \
         [p for regime in regimes for p in sensitivity_plots(runs, regime, row_methods, task_order, out)] + \
         [flips_plot(t, out) for t in flip_tables]

@@ -36,7 +36,8 @@ from methods.parts.held import held_mask
 
 CPU = torch.device("cpu")
 # Options that make every isolation method isolate something within a few steps.
-FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "random_isolation": {"refresh_every": 2, "rho": 0.05},
+FAST = {"epi": {"refresh_every": 2, "rho": 0.05}, "epi_adaptive": {"refresh_every": 2, "rho": 0.05},
+        "random_isolation": {"refresh_every": 2, "rho": 0.05},
         "static_isolation": {"rho": 0.05, "calibration_batches": 2},
         "cpi_ft": {"rho": 0.05, "probe_steps": 2, "tau": 1.0, "group_order": "tasks"}}
 

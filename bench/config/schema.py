@@ -15,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pluggable.search import Domain, log_uniform
+
 # Training regimes (``bench/run/regimes.py`` turns each into its stages).
 REGIMES = ("multitask", "sequential", "multistage")
 # Precision policies (``bench/engine/precision.py``'s docstring says what each does).
@@ -33,7 +35,9 @@ OPERATIONAL = ("results_dir", "train.checkpoint_every", "train.keep_final_weight
 # Keys added after results existed: left out of the run id while at these values (their
 # behaviour before the key existed), so an earlier study's cells keep their run ids.
 ADDED_LATER = {"tasks.groups": [], "tasks.num_groups": 3, "analysis.importance_drift": {},
-               "analysis.gradient_conflict": {}}
+               "analysis.gradient_conflict": {}, "tasks.val_size": -1, "eval.split": "test"}
+# The validation split's size when tasks.val_size = -1: a tenth of the training rows, at least this.
+MIN_VAL_ROWS = 32
 
 
 # A stage longer than any study needs (the paper grid's is 500): a typo, refused.
@@ -47,10 +51,12 @@ class ConfigError(ValueError):
 
 
 def field(default: Any, help: str, choices: tuple[Any, ...] | None = None,  # noqa: A002
-          minimum: float | None = None) -> Any:
-    """A dataclass field with its help text and constraints (checked by ``validate``)."""
+          minimum: float | None = None, search: Domain | None = None) -> Any:
+    """A dataclass field with its help text and constraints (checked by ``validate``), and where a
+    tuner may search it (``pluggable.search``)."""
     factory = {"default_factory": (lambda d=default: type(d)(d))} if isinstance(default, list | dict) else {"default": default}
-    return dataclasses.field(metadata={"help": help, "choices": choices, "minimum": minimum}, **factory)
+    meta = {"help": help, "choices": choices, "minimum": minimum, **({"search": search} if search else {})}
+    return dataclasses.field(metadata=meta, **factory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +73,10 @@ class TasksConfig:
                                         "format; relative paths are relative to the config file")
     train_size: int = field(200, "training rows per task", minimum=1)
     test_size: int = field(50, "held-out rows per task", minimum=1)
+    val_size: int = field(-1, "validation rows per task, drawn from the training pool beyond the train_size rows "
+                              "trained on (disjoint from train and test by prompt); read only by a run with "
+                              f"eval.split = 'validation'; -1 = a tenth of train_size, at least {MIN_VAL_ROWS}",
+                          minimum=-1)
     data_seed: int = field(0, "seed of the task generators (same seed = byte-identical files)", minimum=0)
     mix: str = field("proportional", "mixture within a stage of several tasks", choices=("proportional", "balanced"))
     groups: list[list[str]] = field([], "multistage regime: the tasks of each stage, e.g. [[\"gsm8k\", \"logiqa\"], "
@@ -75,12 +85,17 @@ class TasksConfig:
                                "run seed (recorded in result.json)", minimum=1)
 
 
+def validation_rows(train_size: int, val_size: int) -> int:
+    """``tasks.val_size`` resolved: -1 is a tenth of the training rows, at least ``MIN_VAL_ROWS``."""
+    return val_size if val_size >= 0 else max(MIN_VAL_ROWS, train_size // 10)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps_per_stage: int = field(30, f"optimizer steps per regime stage (at most {MAX_STEPS:,})", minimum=1)
     batch_size: int = field(8, "rows per optimizer step", minimum=1)
     grad_accum: int = field(1, "micro-batches per optimizer step (must divide batch_size)", minimum=1)
-    lr: float = field(1e-3, "peak learning rate", minimum=0)
+    lr: float = field(1e-3, "peak learning rate", minimum=0, search=log_uniform(1e-6, 1e-2))
     weight_decay: float = field(0.1, "AdamW decoupled weight decay", minimum=0)
     betas: list[float] = field([0.9, 0.999], "AdamW betas")
     warmup_steps: int = field(3, "linear LR warm-up steps (per stage)", minimum=0)
@@ -130,6 +145,8 @@ class TrainConfig:
 class EvalConfig:
     limit: int = field(50, "items per task evaluated (<= tasks.test_size)", minimum=1)
     batch_size: int = field(16, "lm-eval batch size", minimum=1)
+    split: str = field("test", "the held-out rows every evaluation scores: 'test', or 'validation' (tuning trials: "
+                               "no choice is ever made on the test split)", choices=("test", "validation"))
     max_gen_toks: int = field(16, "generation budget for exact-match tasks", minimum=1)
     nll: bool = field(True, "also measure the mean NLL of the gold answers")
     judge: dict[str, Any] = field({}, "LLM judge for open-ended tasks (1-10): {kind = 'hf', model = ...} or "

@@ -49,6 +49,7 @@ from bench.config import (
 from bench.run.cell import Cell, resolve
 from bench.run.checks import stage_problem
 from bench.run.memory_plan import parse_size
+from bench.run.tuning_spec import Tuned, tune_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,7 @@ class GridSpec:
     loggers: list[str] = dataclasses.field(default_factory=list)  # mlflow, wandb (tensorboard is always on)
     resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     device_memory: str = ""
+    tune: dict[str, Any] = dataclasses.field(default_factory=dict)  # [grid.tune]: bench.run.tuning_spec.TuneSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Grid:
     path: Path
     spec: GridSpec
     cells: list[Cell]
+    tuned: Tuned | None = None  # the choices of ``isobench tune`` the cells were built with (--tuned)
 
     @property
     def study_dir(self) -> Path:
@@ -169,10 +172,13 @@ def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, A
     for key in ("max_concurrent_trials", "max_failures"):
         if getattr(spec, key) < 0:
             raise ConfigError(f"{where}: bad value {getattr(spec, key)!r} for key 'grid.{key}'; allowed: >= 0")
+    tune_spec(spec, where)
 
 
-def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
-    """Read and expand a grid file; every cell is validated before anything runs."""
+def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, tuned: Tuned | None = None) -> Grid:
+    """Read and expand a grid file; every cell is validated before anything runs. With ``tuned``
+    (``isobench grid --tuned``), each cell of a (backbone, regime, method) that was tuned takes
+    the chosen learning rate and options over the file's."""
     where = str(path)
     file_data = resolve_sources(read_toml(path), path)
     data = expand_home(merge(file_data, overrides or {}))
@@ -204,6 +210,8 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
                                         **(base.method.options if method == base.method.name else {}), **options}}}
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
+            if tuned is not None:
+                cell = merge(cell, tuned.overrides(backbone, regime, method))
             config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
             if (problem := stage_problem(config)) is not None:
                 skipped.setdefault(method, problem)
@@ -212,13 +220,15 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     for method, why in skipped.items():
         if not any(c.method_name == method for c in cells):
             raise ConfigError(f"{where}: grid.methods names {method!r}, but no regime of the grid suits it: {why}")
+    if tuned is not None:
+        tuned.check_covers(cells, where)
     ids = [c.run_id for c in cells]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         raise ConfigError(f"{where}: the grid expands to duplicate cells (the same resolved config twice: "
                           f"{', '.join(twice)}; an option at its default value is the same cell as the option "
                           f"left unset)")
-    return Grid(Path(path), spec, cells)
+    return Grid(Path(path), spec, cells, tuned)
 
 
 def load_cells(path: str | Path, overrides: dict[str, Any] | None = None) -> list[Cell]:

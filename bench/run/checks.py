@@ -17,6 +17,7 @@ import methods
 from bench.analysis import ANALYSES
 from bench.backbones.registry import BACKBONES
 from bench.config import ConfigError, RunConfig, check_unique
+from bench.config.schema import validation_rows
 from bench.suite.judge import JUDGE_OPTIONS
 from bench.suite.retention import RetentionOptions
 from bench.suite.retention import source_problem as retention_source_problem
@@ -49,10 +50,14 @@ def check_config(config: RunConfig, where: str) -> None:
         if task not in config.tasks.names or TASKS[task].loader is None:
             raise ConfigError(f"{where}: key 'tasks.sources.{task}': not a paper task of tasks.names")
     want = config.tasks.train_size + config.tasks.test_size
+    keys = "tasks.train_size + tasks.test_size"
+    if config.eval.split == "validation":
+        want += validation_rows(config.tasks.train_size, config.tasks.val_size)
+        keys += " + the validation rows (tasks.val_size)"
     for name in sorted(config.tasks.names, key=lambda n: TASKS[n].distinct or 0):  # the tightest bound first
         most = TASKS[name].distinct
         if most is not None and want > most:
-            raise ConfigError(f"{where}: tasks.train_size + tasks.test_size = {want}, but task {name!r} has "
+            raise ConfigError(f"{where}: {keys} = {want}, but task {name!r} has "
                               f"{most} distinct prompts; allowed: at most {most} together")
     context = BACKBONES[config.backbone.name].context if config.backbone.name in BACKBONES else None
     for key, value in (("eval.max_gen_toks", config.eval.max_gen_toks), ("train.max_length", config.train.max_length)):

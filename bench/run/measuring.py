@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from bench.config.schema import validation_rows
 from bench.run import results as res
 from bench.run.cell import Cell
 from bench.suite.evaluate import evaluate
@@ -23,13 +24,14 @@ from reports.schema import ItemRecord, StageResult
 def load_suite(cell: Cell) -> Suite:
     """The run's tasks (generated or loaded, written as lm-eval tasks)."""
     return build_suite(cell.tasks.names, cell.tasks.data_seed, cell.tasks.train_size, cell.tasks.test_size,
-                       Path(cell.results_dir) / cell.study / "data", cell.eval.max_gen_toks, cell.tasks.sources)
+                       Path(cell.results_dir) / cell.study / "data", cell.eval.max_gen_toks, cell.tasks.sources,
+                       cell.eval.split, validation_rows(cell.tasks.train_size, cell.tasks.val_size))
 
 
 def describe_suite(cell: Cell, suite: Suite) -> dict[str, Any]:
     """What the tasks are, for the ``evaluation`` section: metrics, scorers, rows and chance."""
     return {"metrics": {t.name: t.metric for t in suite.tasks}, "scorers": {t.name: t.scorer for t in suite.tasks},
-            "data_rows": {t.name: {"train": len(suite.train[t.name]), "test": len(suite.test[t.name]),
+            "data_rows": {t.name: {"train": len(suite.train[t.name]), cell.eval.split: len(suite.test[t.name]),
                                    **suite.notes.get(t.name, {})} for t in suite.tasks},
             "chance": {t.name: t.chance(suite.test[t.name][:cell.eval.limit]) for t in suite.tasks}}
 

@@ -4,6 +4,7 @@ Three estimates, all kept in fp32 whatever the parameters' dtype:
 - ``GradSquaredEMA``: ``I <- beta * I + (1 - beta) * g^2`` per optimizer step (EPI's signal);
 - ``mean_grad_squared``: mean of g^2 over a few batches at fixed weights, no update (static
   isolation's calibration);
+- ``mean_example_grad_squared``: the same over single examples (EWC's empirical Fisher);
 - ``probe_displacement``: ``|theta_probe - theta_0|`` after a short fine-tune, undone afterwards
   (``fine_tuned_weights``; CPI-FT's core regions).
 ``second_moment`` reads an Adam-style optimizer's running g^2 through one accessor, so a method
@@ -107,6 +108,38 @@ def mean_grad_squared(model: nn.Module, params: dict[str, nn.Parameter], batches
                 g = local(p.grad)
                 scores[n].addcmul_(g, g, value=1.0 / count)
         model.zero_grad(set_to_none=True)
+    return scores
+
+
+def rows_of(batch: Batch) -> Iterator[Batch]:
+    """Each row of a collated batch as a batch of one, its padding trimmed (a right-padded row's
+    loss and gradient do not depend on the padding after it)."""
+    for i in range(batch["input_ids"].shape[0]):
+        width = max(int(batch["attention_mask"][i].sum()), 1)
+        yield {k: v[i:i + 1, :width] for k, v in batch.items()}
+
+
+def mean_example_grad_squared(model: nn.Module, params: dict[str, nn.Parameter], batches: Iterable[Batch],
+                              loss: Callable[[nn.Module, Batch], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The empirical Fisher as the EWC paper defines it: the mean over examples of each example's
+    squared gradient (one backward per row of every batch), at the current weights; leaves no
+    gradient behind. Unlike ``mean_grad_squared`` (the square of a batch's mean gradient), the
+    per-example noise is not averaged away before squaring: for B rows of nearly independent
+    gradients the per-example form is about B times larger."""
+    scores = {n: torch.zeros_like(local(p), dtype=torch.float32) for n, p in params.items()}
+    examples = 0
+    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        for row in rows_of(batch):
+            loss(model, row).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    g = local(p.grad)
+                    scores[n].addcmul_(g, g)
+            model.zero_grad(set_to_none=True)
+            examples += 1
+    for t in scores.values():
+        t.div_(max(examples, 1))
     return scores
 
 

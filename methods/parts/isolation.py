@@ -26,13 +26,15 @@ from methods.base import Method, MethodConfig, StageContext
 from methods.parts.collectives import local, total
 from methods.parts.masks import IsolatedSet, clear_moments, eligible_parameters
 from methods.parts.selection import jaccard, per_layer_counts
+from pluggable.search import log_uniform
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IsolationConfig(MethodConfig):
     """Options every isolation method shares."""
 
-    rho: float = dataclasses.field(default=0.01, metadata={"help": "fraction of eligible entries isolated"})
+    rho: float = dataclasses.field(default=0.01, metadata={"help": "fraction of eligible entries isolated",
+                                                           "search": log_uniform(1e-3, 0.2)})
     eligible: tuple[str, ...] = dataclasses.field(
         default=(), metadata={"help": "regexes of parameter names that may be isolated; empty = all 2-D weights"})
 

@@ -15,13 +15,15 @@ from torch import nn
 from methods.base import StageContext
 from methods.parts.isolation import IsolationConfig, IsolationMethod
 from methods.parts.selection import select_top_fraction
+from pluggable.search import log_int
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RefreshConfig(IsolationConfig):
     """Options of methods that re-select their mask during training (epi, random_isolation)."""
 
-    refresh_every: int = dataclasses.field(default=50, metadata={"help": "optimizer steps between mask refreshes"})
+    refresh_every: int = dataclasses.field(default=50, metadata={"help": "optimizer steps between mask refreshes",
+                                                                 "search": log_int(2, 200)})
     warmup_steps: int | None = dataclasses.field(
         default=None, metadata={"help": "steps before the first mask (None = refresh_every)"})
     max_refreshes: int = dataclasses.field(

@@ -67,6 +67,17 @@ class Task:
             return self.loader(self, seed, train_size, test_size, source)
         return (*self.generate(seed, train_size, test_size), {})
 
+    def validation(self, seed: int, train_size: int, test_size: int, val_size: int,
+                   source: str = "generated") -> list[Row]:
+        """``val_size`` rows of the training pool beyond the ``train_size`` rows trained on: the
+        split is drawn for ``train_size + val_size`` and the rows after the first ``train_size``
+        taken, so the training rows, the test rows and their order stay exactly those of
+        ``split(seed, train_size, test_size)``. A row whose prompt is also a training prompt is
+        dropped (test prompts are dropped from the pool already)."""
+        train, _, _ = self.split(seed, train_size + val_size, test_size, source)
+        trained = {r["prompt"] for r in train[:train_size]}
+        return [r for r in train[train_size:] if r["prompt"] not in trained]
+
     def generate(self, seed: int, train_size: int, test_size: int) -> tuple[list[Row], list[Row]]:
         """Disjoint (by prompt) generated train and test rows, deterministic in ``seed``."""
         assert self.make is not None, f"task {self.name} has no generator"
