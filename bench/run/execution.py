@@ -26,7 +26,7 @@ import torch
 
 import methods
 from bench.backbones.registry import device, enable_activation_checkpointing, load_backbone
-from bench.engine.host_memory import keep_freed_memory
+from bench.engine.host_memory import hand_back, keep_freed_memory
 from bench.engine.precision import Precision
 from bench.engine.sharding import Sharding
 from bench.run import results as res
@@ -76,6 +76,7 @@ def _execute(cell: Cell, sharding: Sharding, precision: Precision, *, progress: 
     if not force and (previous := done_result(cell)) is not None:
         return previous  # it finished while this process waited for the lock
     run, evaluation, provenance = new_run_info(cell), Evaluation(), res.provenance()
+    hand_back()  # what an earlier trial of this process freed is not this run's peak
     res.reset_peak_memory()
     start = time.perf_counter()
     trainer = method = None
