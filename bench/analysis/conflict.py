@@ -53,14 +53,21 @@ class ConflictOptions(Options):
         self.check(self.batches > 0, "batches", "an integer > 0 (batches per task and measurement)")
 
 
+CHUNK = 1 << 20  # entries summed in float64 at a time: the temporaries stay a few MiB, not 3 x a whole tensor
+
+
 def cosines(grads: dict[str, dict[str, torch.Tensor]], names: list[str]) -> dict[str, float | None]:
-    """Cosine of every task pair (``"a|b"``) over the parameters ``names``; None for a zero gradient."""
+    """Cosine of every task pair (``"a|b"``) over the parameters ``names``; None for a zero gradient.
+    Sums are taken in float64, ``CHUNK`` entries at a time (a whole embedding's float64 products
+    were 0.7 GiB of transient memory on SmolLM2)."""
     out: dict[str, float | None] = {}
     for a, b in itertools.combinations(grads, 2):
         sums = torch.zeros(3, dtype=torch.float64, device=grads[a][names[0]].device)
         for n in names:  # this rank's entries; then summed over the ranks
-            x, y = grads[a][n].double(), grads[b][n].double()
-            sums += torch.stack([(x * y).sum(), x.pow(2).sum(), y.pow(2).sum()])
+            for start in range(0, grads[a][n].numel(), CHUNK):
+                x = grads[a][n][start:start + CHUNK].double()
+                y = grads[b][n][start:start + CHUNK].double()
+                sums += torch.stack([(x * y).sum(), x.pow(2).sum(), y.pow(2).sum()])
         dot, na, nb = reduce_(sums).tolist()
         na, nb = na ** 0.5, nb ** 0.5
         out[f"{a}|{b}"] = dot / (na * nb) if na and nb else None

@@ -35,6 +35,17 @@ def resources(cell: Cell, override: dict[str, Any] | None = None, *, alone: bool
     return {"gpu": workers, "cpu": cpu} if torch.cuda.is_available() else {"cpu": cpu}
 
 
+def host_share(per_trial: dict[str, float], most_at_once: int) -> int:
+    """The host memory one trial may use on this machine when no GPU is visible: total memory over
+    the trials that can run at once (as many as the CPUs hold at ``per_trial``, at most
+    ``most_at_once`` when it is set), so that the trials together fit."""
+    import psutil
+
+    by_cpu = int((os.cpu_count() or 1) // max(per_trial.get("cpu", 1.0), 1e-9)) or 1
+    at_once = min(by_cpu, most_at_once) if most_at_once else by_cpu
+    return int(psutil.virtual_memory().total // max(at_once, 1))
+
+
 def check_resources(per_trial: dict[str, float], address: str | None) -> None:
     """On a local Ray, a trial cannot ask for more than this machine has."""
     if address:

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.backbones.registry import prepare_backbone
+from bench.backbones.registry import device, prepare_backbone
 from bench.config import RunConfig, from_dict, to_dict
 from bench.engine.precision import CPU_BF16_ENV, cpu_bf16
-from bench.launch.dispatch import check_resources, resources, run_cell
+from bench.launch.dispatch import check_resources, host_share, resources, run_cell
 from bench.launch.dry_run import cell_steps, plans
 from bench.launch.manifest import summarize, write_manifest
 from bench.launch.progress import GridProgress, clock
@@ -77,10 +77,15 @@ def _trial(space: dict[str, Any]) -> None:
 def run_grid(grid: Grid, address: str | None = None, retry_failed: bool = False, restart: bool = False,
              device_bytes: int | None = None, verbose: bool = False, assume: Assumptions | None = None) -> dict[str, int]:
     """Run the cells still to do, holding the study's lock; returns counts of cell statuses.
-    Cells whose memory plan exceeds the device are recorded as failed up front, not run."""
+    Cells whose memory plan exceeds the device are recorded as failed up front, not run; on a
+    local CPU machine the plan is of host memory, against a trial's share of it
+    (``bench.launch.dispatch.host_share``)."""
     address = address or os.environ.get("RAY_ADDRESS")
     for cell in grid.cells:
         check_resources(resources(cell, grid.spec.resources), address)
+    if device_bytes is None and not address and device().type == "cpu":  # the plan is of host memory here
+        device_bytes = min(host_share(resources(c, grid.spec.resources), grid.spec.max_concurrent_trials)
+                           for c in grid.cells)
     with study_lock(grid.study_dir.resolve()):
         too_big = [(c, p) for c, p in zip(grid.cells, plans(grid, device_bytes)) if p is not None and p.fits is False]
         twins = twin_index(grid.study_dir)  # folders holding a cell under its spelled-out id count as the cell

@@ -27,6 +27,16 @@ parameters, gradients, optimizer, method and analysis state are divided by W (ea
   ranks evaluate a stage together, each its share of the items.
   Training activations are freed by then, so the peak is state + max(activations + gathered,
   evaluation).
+On a CPU the plan is of the trial process's peak resident memory (``VmHWM``), and one more term
+counts:
+- host: the process itself, before any model loads: the interpreter and the libraries a trial
+  imports (torch, transformers, lm-eval, Ray). Measured at 0.56 GiB in a fresh process importing
+  them (torch 2.13, transformers 5.23, lm-eval 0.4.13, Ray 2.60; ``PROCESS_BASELINE`` rounds it
+  up to 0.6 GiB).
+  The bf16 copies autocast makes of the weights, lm-eval's requests and the tokenizer stay
+  inside the activations term's margin; a run hands back what an earlier trial of its process
+  freed before it starts counting (``bench.engine.host_memory.hand_back``). Checked against
+  measured peaks by ``python -m bench.tools.plan_check`` (docs/perf.md, "Memory plan on a CPU").
 A cell fits when the total is at most 95% of the device memory (the rest for the CUDA context
 and fragmentation). ``workers_to_fit`` finds the smallest power-of-two W that fits. Not
 calibrated on a GPU for W > 1 yet: see docs/perf.md.
@@ -48,6 +58,7 @@ from bench.run.cell import Cell
 
 GiB = 1 << 30
 HEADROOM = 0.95
+PROCESS_BASELINE = int(0.6 * GiB)  # a trial process on a CPU before its model loads (module docstring)
 ANSWER_FRACTION = 0.5
 
 
@@ -67,10 +78,11 @@ class Plan:
     workers: int = 1  # train.workers: every term is per GPU
     gathered: int = 0  # FSDP2's unsharded working set (W > 1)
     evaluation: int = 0  # each rank's whole copy while the ranks evaluate (W > 1)
+    host: int = 0  # on a CPU: the process itself before any model loads (PROCESS_BASELINE)
 
     @property
     def total(self) -> int:
-        state = self.parameters + self.gradients + self.optimizer + self.method + self.analysis
+        state = self.parameters + self.gradients + self.optimizer + self.method + self.analysis + self.host
         return state + max(self.activations + self.gathered, self.evaluation)
 
     @property
@@ -82,7 +94,7 @@ class Plan:
             return f"{k} {getattr(self, k) / GiB:.1f}"
 
         parts = " + ".join(gib(k) for k in ("parameters", "gradients", "optimizer", "method")
-                           + (("analysis",) if self.analysis else ()))
+                           + (("analysis",) if self.analysis else ()) + (("host",) if self.host else ()))
         if self.workers > 1:
             parts += f" + max({gib('activations')} + {gib('gathered')}, {gib('evaluation')})"
         else:
@@ -202,7 +214,8 @@ def plan_cell(cell: Cell, device_bytes: int | None, workers: int | None = None) 
                                  cell.train.activation_checkpointing),
                 device_bytes, -(-analysis_bytes // w), workers=w,
                 gathered=gathered_bytes(model, precision.activation_bytes) if sharded else 0,
-                evaluation=param_bytes if sharded else 0)
+                evaluation=param_bytes if sharded else 0,
+                host=PROCESS_BASELINE if precision.device.type == "cpu" else 0)
 
 
 def workers_to_fit(cell: Cell, device_bytes: int, most: int = 64) -> int | None:
@@ -239,7 +252,9 @@ def check_fits(cell: Cell, device_bytes: int | None) -> Plan | None:
     """The plan; ``DoesNotFit`` naming the knobs when it exceeds the device."""
     plan = plan_cell(cell, device_bytes)
     if plan is not None and plan.fits is False:
+        where = ("the device has" if plan.host == 0 else
+                 "a trial's share of this machine's memory (total / trials at once, grid.max_concurrent_trials) is")
         raise DoesNotFit(f"{cell.run_id} ({cell.backbone.name}, {cell.method_name}, {cell.train.precision}) "
-                         f"needs {plan.total / GiB:.1f} GiB but the device has {plan.device_bytes / GiB:.0f} GiB "
+                         f"needs {plan.total / GiB:.1f} GiB but {where} {plan.device_bytes / GiB:.1f} GiB "
                          f"({plan.line()}). Knobs that would make it fit: {knobs(cell, device_bytes)}")
     return plan
