@@ -20,7 +20,7 @@ from reports import comparisons as cmp
 from reports.analysis_tables import conflict_table, drift_table
 from reports.flips import flips_plot, flips_table
 from reports.html import page
-from reports.load import Run, load_study, method_order
+from reports.load import Run, load_study, method_order, read_manifest
 from reports.metrics import LOST_UPDATE_THRESHOLD
 from reports.plots import drift_plots, forest_plots, heatmaps, schedule_plots, score_bars
 from reports.sensitivity import sensitivity_plots, sensitivity_table
@@ -175,7 +175,7 @@ def report(study_dir: str | Path, methods: Sequence[str] | None = None, tasks: S
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
         try:
             text = write_all(study_dir.name, runs, methods or method_order(study_dir), tasks, staging,
-                             baseline or cmp.BASELINE)
+                             baseline or cmp.BASELINE, tuned_caption(study_dir))
             written = sorted(files_in(staging))
             kept = keep_others(out, staging, written_files(out)) if out.is_dir() else []
             write(staging / MARK, MARK_HEADER + "".join(f"{name}\n" for name in written))
@@ -249,9 +249,23 @@ def comparison_files(comparisons: Sequence[cmp.Comparison], baseline: str, runs:
             + f"<p class=note>{html_lib.escape(note)}</p>"}
 
 
+def tuned_caption(study_dir: Path) -> str:
+    """What the main tables' caption says of tuning, from ``grid.json`` (``isobench grid --tuned``):
+    the budget and each method's chosen learning rate and options; empty when not tuned."""
+    tuned = read_manifest(study_dir).get("tuned")
+    if not isinstance(tuned, dict):
+        return ""
+    chosen = "; ".join(f"{key.split(' / ')[-1]} ({key.rsplit(' / ', 1)[0]}): lr {c['lr']:.3g}" +
+                       "".join(f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
+                               for k, v in sorted(c["options"].items()))
+                       for key, c in sorted(tuned.get("choices", {}).items()))
+    return f"Options {tuned.get('caption', 'tuned')}: {chosen}."
+
+
 def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks: Sequence[str] | None,
-              out: Path, baseline: str = cmp.BASELINE) -> str:
-    """Every table and plot into ``out``; returns the terminal summary."""
+              out: Path, baseline: str = cmp.BASELINE, tuned: str = "") -> str:
+    """Every table and plot into ``out``; returns the terminal summary. ``tuned``: a caption line
+    for the main tables saying how the options were chosen (``tuned_caption``)."""
     row_methods, task_order = ordered_methods(runs, methods), ordered_tasks(runs, tasks)
     shown = []
     regimes = sorted({r.regime for r in runs if r.status != "stale" and r.regime != "?"})
@@ -267,6 +281,8 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
     comparisons = [c for regime in regimes for c in cmp.compare(runs, regime, row_methods, task_order, baseline)]
     mark_all(tables, runs, comparisons, baseline, row_methods, task_order)
     for table in tables:
+        if tuned and table.name.startswith("main_"):
+            table.footnote = f"{table.footnote} {tuned}".strip()
         write(out / f"{table.name}.md", table.markdown())
         write(out / f"{table.name}.tex", table.latex())
         write(out / f"{table.name}.csv", table.csv())

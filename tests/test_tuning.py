@@ -186,6 +186,13 @@ def test_tune_searches_every_method_on_validation_and_the_grid_takes_its_choices
         assert cell.train.lr == chosen.lr
         assert all(getattr(cell.options, k) == v for k, v in chosen.options.items())
         assert cell.eval.split == "test"
+    from bench.launch.manifest import write_manifest
+    from reports.report import tuned_caption
+
+    write_manifest(grid)
+    caption = tuned_caption(grid.study_dir)
+    assert caption.startswith("Options tuned on validation, 2 trials per method, same budget (random search")
+    assert f"epi (tiny-llama / sequential): lr {tuned.choices['tiny-llama / sequential / epi'].lr:.3g}" in caption
     capsys.readouterr()
     assert main(["tune", str(path)]) == 0  # a second tune reuses every trial's result: nothing trains again
     assert "resuming" not in capsys.readouterr().err

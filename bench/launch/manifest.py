@@ -18,7 +18,8 @@ def write_manifest(grid: Grid, twins: TwinIndex | None = None) -> None:
     so a report can show missing ones; per grid file the cells of its latest version, so cells of
     an edited grid file are shown as old, not as missing; the grids' method order; and
     ``twins``: each folder that holds a cell under another id -> that cell's id, so a report
-    pools them as one cell."""
+    pools them as one cell; and ``tuned``, when the grid was built ``--tuned``: the budget's
+    caption and the choices."""
     path = grid.study_dir / "grid.json"
     cells, order, grids = {}, [], {}
     try:
@@ -39,7 +40,11 @@ def write_manifest(grid: Grid, twins: TwinIndex | None = None) -> None:
     for run_id, folders in (twins or {}).items():
         aliases.update({folder.name: run_id for folder in folders})
     grid.study_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"methods": order, "grids": grids, **({"twins": aliases} if aliases else {}),
+    tuned = {} if grid.tuned is None else {"tuned": {
+        "caption": grid.tuned.caption(), "file": str(grid.tuned.path),
+        "choices": {k: {"lr": c.lr, "options": c.options, "objective": c.objective}
+                    for k, c in sorted(grid.tuned.choices.items())}}}
+    atomic_write(path, json.dumps({"methods": order, "grids": grids, **({"twins": aliases} if aliases else {}), **tuned,
                                    "cells": sorted(cells.values(), key=lambda c: c["run_id"])},
                                   indent=2, sort_keys=True) + "\n")
 
