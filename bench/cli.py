@@ -220,7 +220,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if grid is None:
         return 2
     try:
-        tune_spec(grid.spec, args.config)
+        tune_spec(grid.spec.tune, grid.spec.seeds, args.config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ work. This method is one such scheme, built from EPI's own signals and nothing e
   The Jaccard therefore also drops when rho_t changes size; the events keep both numbers.
 
 Everything else is EPI (the EMA of g^2, normalization, global top-k, bit-exact isolation). Each
-refresh writes a ``schedule`` event (step, stage, rho, interval, jaccard, participation), which
+refresh writes a ``schedule`` event (step, stage, ratio = rho_t, interval, jaccard, participation), which
 the report plots per run. The meta-parameters declare search domains like EPI's own, so tuning
 gives both methods the same budget.
 """
@@ -39,7 +39,7 @@ from methods.parts.selection import select_top_fraction
 from methods.registry import register
 from pluggable.search import log_uniform, uniform
 
-SCHEDULE = "schedule"  # event kind: a refresh's adapted rho and interval
+SCHEDULE = "schedule"  # event kind: a refresh's adapted rho (``ratio``) and interval
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,7 +119,7 @@ class EPIAdaptive(EPI):
         elif jaccard is not None and jaccard > c.stable_above:
             self.interval = min(c.max_interval, self.interval * 2)
         self.next_refresh = steps_done + self.interval
-        self.events.append({"kind": SCHEDULE, "step": steps_done, "stage": self.stage, "rho": self.rho_now,
+        self.events.append({"kind": SCHEDULE, "step": steps_done, "stage": self.stage, "ratio": self.rho_now,
                             "interval": self.interval, "jaccard": jaccard, "participation": share,
                             "isolated": self.last_event["size"]})
 

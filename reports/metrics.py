@@ -17,7 +17,7 @@ Matrix = Sequence[Sequence[float]]
 # after 10 steps of SmolLM2 at lr 1e-5 and 2e-5, bf16-pure 96-98% (docs/perf.md, numerics table).
 LOST_UPDATE_THRESHOLD = 0.05
 DRIFT = "set_drift"  # event kind: a set of entries re-selected over training (e.g. the entries a method freezes)
-SCHEDULE = "schedule"  # event kind: a method's adapted isolation ratio and refresh interval at a refresh
+SCHEDULE = "schedule"  # event kind: a method's self-adapted settings (a share ``ratio``, an ``interval`` in steps)
 
 
 def normalized_score(score: float, chance: float, best: float) -> float | None:

@@ -78,9 +78,9 @@ def drift_plots(runs: Sequence[Run], out: Path) -> list[Path]:
 
 def schedule_plots(runs: Sequence[Run], out: Path) -> list[Path]:
     """One figure per (regime, backbone, method, variant) whose runs wrote ``schedule`` events (a
-    method that adapts its own isolation ratio and refresh interval while it trains): the ratio
-    (top) and the interval in steps (bottom) at each refresh, one colour per seed, dotted lines
-    where a stage ended. Drawn from the events alone, whatever method wrote them."""
+    method that adapts its own settings while it trains: a share of entries, ``ratio``, and an
+    ``interval`` in steps): the ratio (top) and the interval (bottom) at each event, one colour per
+    seed, dotted lines where a stage ended. Drawn from the events alone, whatever method wrote them."""
     paths = []
     keys = sorted({(r.regime, r.backbone, r.method, r.variant) for r in runs if r.events_of(SCHEDULE)})
     for regime, backbone, method, variant in keys:
@@ -91,14 +91,14 @@ def schedule_plots(runs: Sequence[Run], out: Path) -> list[Path]:
         for i, r in enumerate(chosen):
             events = sorted(r.events_of(SCHEDULE), key=lambda e: e["step"])
             steps = [e["step"] for e in events]
-            top.plot(steps, [e["rho"] for e in events], "-o", ms=3, color=f"C{i}", label=f"seed {r.seed}")
+            top.plot(steps, [e["ratio"] for e in events], "-o", ms=3, color=f"C{i}", label=f"seed {r.seed}")
             bottom.step(steps, [e["interval"] for e in events], "-", where="post", color=f"C{i}")
         for step in sorted({s for r in chosen for s in stage_ends(r)}):
             for ax in (top, bottom):
                 ax.axvline(step, color="0.6", linestyle=":", linewidth=1)
         label = f"{method}" + (f" ({variant})" if variant else "")
-        top.set(ylabel="isolation ratio", title=f"adapted schedule: {label}\n({backbone}, {regime})")
-        bottom.set(xlabel="optimizer step (dotted: stage ends)", ylabel="refresh interval")
+        top.set(ylabel="ratio (share of entries)", title=f"adapted schedule: {label}\n({backbone}, {regime})")
+        bottom.set(xlabel="optimizer step (dotted: stage ends)", ylabel="interval (steps)")
         top.legend(fontsize=7)
         name = "_".join(slug(x) for x in (regime, backbone, method) + ((variant,) if variant else ()))
         paths.append(save_figure(fig, out / f"schedule_{name}.png"))

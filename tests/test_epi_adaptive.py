@@ -50,7 +50,7 @@ def test_the_interval_doubles_while_the_mask_holds_and_halves_when_it_drifts():
     first = torch.zeros(40, 50)
     first.view(-1)[torch.randperm(2000, generator=g)[:100]] = 1.0  # 100 of 2000 carry it: rho 0.05
     e = refresh_with(method, first, 8)
-    assert e["jaccard"] is None and e["interval"] == 8 and e["rho"] == pytest.approx(0.05)
+    assert e["jaccard"] is None and e["interval"] == 8 and e["ratio"] == pytest.approx(0.05)
     assert method.next_refresh == 16
     e = refresh_with(method, first, 16)  # the same set again: stable
     assert e["jaccard"] == pytest.approx(1.0) and e["interval"] == 16 and method.next_refresh == 32
@@ -66,15 +66,15 @@ def test_the_interval_doubles_while_the_mask_holds_and_halves_when_it_drifts():
 def test_the_ratio_follows_concentration_within_its_bounds():
     method, _ = adaptive(rho=0.1, rho_min=0.02)
     diffuse = torch.ones(40, 50)
-    assert refresh_with(method, diffuse, 8)["rho"] == pytest.approx(0.1)  # capped at rho
+    assert refresh_with(method, diffuse, 8)["ratio"] == pytest.approx(0.1)  # capped at rho
     peaked = torch.zeros(40, 50)
     peaked.view(-1)[:4] = 1.0
-    assert refresh_with(method, peaked, 16)["rho"] == pytest.approx(0.02)  # floored at rho_min
+    assert refresh_with(method, peaked, 16)["ratio"] == pytest.approx(0.02)  # floored at rho_min
     assert method.count == round(0.02 * 2000)
     middle = torch.zeros(40, 50)
     middle.view(-1)[:100] = 1.0
     event = refresh_with(method, middle, 24)
-    assert event["rho"] == pytest.approx(0.05) and event["isolated"] == 100
+    assert event["ratio"] == pytest.approx(0.05) and event["isolated"] == 100
 
 
 def test_bad_bounds_are_refused_naming_the_option():
@@ -96,7 +96,7 @@ def test_a_run_writes_schedule_events_and_the_report_plots_them(tmp_path, harnes
     h.steps(6)
     events = [e for e in seen if e["kind"] == SCHEDULE]
     assert [e["step"] for e in events][:1] == [2] and len(events) >= 2
-    assert all(0.001 <= e["rho"] <= 0.05 and 2 <= e["interval"] <= 200 for e in events)
+    assert all(0.001 <= e["ratio"] <= 0.05 and 2 <= e["interval"] <= 200 for e in events)
     run = tmp_path / "study" / "epi_adaptive-s0"
     (run / "events").mkdir(parents=True)
     (run / "events" / "method.jsonl").write_text("".join(json.dumps({**e, "source": "method"}) + "\n" for e in events))

@@ -31,7 +31,7 @@ NAMED = {"epi": {"rho", "refresh_every"}, "epi_adaptive": {"rho", "drifting_belo
 @pytest.mark.parametrize("name", methods.names())
 def test_every_method_declares_a_space_that_holds_its_defaults(name):
     space = space_of(name)
-    assert "train.lr" in space and space["train.lr"].contains(TrainConfig().lr) or name == "lora"
+    assert space["train.lr"].contains(TrainConfig().lr)
     assert NAMED.get(name, set()) <= {k.removeprefix("method.options.") for k in space}
     defaults = methods.build(name, {})
     for option, domain in domains(methods.get(name).Config).items():

@@ -122,7 +122,7 @@ def run_tune(grid: Grid, address: str | None = None, verbose: bool = False) -> P
     """Tune every (backbone, regime, method) of ``grid``; returns the path of ``tuned.toml``."""
     from ray import tune
 
-    spec = tune_spec(grid.spec, str(grid.path))
+    spec = tune_spec(grid.spec.tune, grid.spec.seeds, str(grid.path))
     seeds = spec.seeds_for(sorted({c.seed for c in grid.cells}))
     address = address or os.environ.get("RAY_ADDRESS")
     starts = bases(grid)

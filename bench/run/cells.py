@@ -172,7 +172,7 @@ def check_spec(spec: GridSpec, spec_data: dict[str, Any], file_data: dict[str, A
     for key in ("max_concurrent_trials", "max_failures"):
         if getattr(spec, key) < 0:
             raise ConfigError(f"{where}: bad value {getattr(spec, key)!r} for key 'grid.{key}'; allowed: >= 0")
-    tune_spec(spec, where)
+    tune_spec(spec.tune, spec.seeds, where)
 
 
 def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, tuned: Tuned | None = None) -> Grid:

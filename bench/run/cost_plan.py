@@ -45,26 +45,52 @@ H100_BF16_FLOPS = 989e12
 GENERATING = {"generate", "gsm8k", "open"}
 
 
+PROBE_SHAPE = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3}
+PROBE_ROWS, PROBE_LENGTH = 8, 64  # a micro-batch of 512 tokens
+
+
 @functools.lru_cache(maxsize=8)
 def cpu_flops(policy: str, threads: int = 1) -> float:
-    """This CPU's dense matmul throughput (FLOP/s) in ``policy``'s compute dtype on ``threads``
-    threads: the best of 5 products of a 512 x 576 by 576 x 1536 matrix (SmolLM2-135M's MLP at a
-    512-token micro-batch), about 0.1 s."""
+    """This CPU's training throughput (FLOP/s) under ``policy`` on ``threads`` threads: the best of
+    3 forward + backward passes of one SmolLM2-135M-shaped decoder layer (transformers' Llama
+    layer, random weights) over a micro-batch of 8 x 64 tokens, under the policy's autocast, at
+    6 FLOPs per weight per token; about 0.3 s. A training step's own mix (norms, activations,
+    attention, casts between dtypes) is in it, which a bare matmul probe leaves out: on a CPU
+    with AMX, a 512 x 576 x 1536 bf16 matmul ran 5-10x faster than a real step's layers."""
     import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
     from bench.engine.precision import Precision
 
     precision = Precision.from_config(policy, torch.device("cpu"))
-    dtype = precision.autocast_dtype or precision.param_dtype
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        a, b = torch.randn(512, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
-        a @ b  # noqa: B018 - warm-up
-        best = min(_timed(lambda: a @ b) for _ in range(5))
+        config = LlamaConfig(**PROBE_SHAPE, num_hidden_layers=1, vocab_size=16)
+        config._attn_implementation = "sdpa"  # as the loaded models run
+        generator = torch.random.fork_rng(devices=[])
+        with generator:
+            torch.manual_seed(0)
+            layer = LlamaDecoderLayer(config, 0).to(precision.param_dtype)
+            x = torch.randn(PROBE_ROWS, PROBE_LENGTH, config.hidden_size, dtype=precision.param_dtype,
+                            requires_grad=True)
+        rotary = LlamaRotaryEmbedding(config)
+        positions = torch.arange(PROBE_LENGTH).unsqueeze(0)
+        embeddings = rotary(x, positions)
+
+        def step() -> None:
+            with precision.autocast():
+                out = layer(x, position_embeddings=embeddings)
+                out = out[0] if isinstance(out, tuple) else out
+            out.float().square().mean().backward()
+
+        step()  # warm-up
+        best = min(_timed(step) for _ in range(3))
     finally:
         torch.set_num_threads(before)
-    return 2 * 512 * 576 * 1536 / best
+    weights = sum(p.numel() for p in layer.parameters())
+    return 6 * weights * PROBE_ROWS * PROBE_LENGTH / best
 
 
 def _timed(fn: Any) -> float:

@@ -20,16 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.config import ConfigError
+from bench.config import ConfigError, read_toml
 from pluggable.options import Options, build
 
 if TYPE_CHECKING:
     from bench.run.cell import Cell
-    from bench.run.cells import GridSpec
 
 OBJECTIVES = ("avg_norm", "avg_norm - forgetting")
 SEARCHES = ("random", "optuna")
@@ -49,10 +47,11 @@ class TuneSpec(Options):
         return list(self.seeds) or [max(grid_seeds) + 1]
 
 
-def tune_spec(spec: GridSpec, where: str) -> TuneSpec:
-    """``[grid.tune]`` built and checked: an unknown key or a bad value names ``grid.tune.<key>``."""
-    tuned = build(TuneSpec, spec.tune, where=where, what="key", prefix="grid.tune.", error=ConfigError)
-    overlap = sorted(set(tuned.seeds) & set(spec.seeds))
+def tune_spec(table: dict[str, Any], grid_seeds: list[int], where: str) -> TuneSpec:
+    """``[grid.tune]`` (``table``) built and checked against the grid's seeds: an unknown key or a
+    bad value names ``grid.tune.<key>``."""
+    tuned = build(TuneSpec, table, where=where, what="key", prefix="grid.tune.", error=ConfigError)
+    overlap = sorted(set(tuned.seeds) & set(grid_seeds))
     if overlap:
         raise ConfigError(f"{where}: key 'grid.tune.seeds' shares seed(s) {overlap} with grid.seeds; allowed: seeds the "
                           f"final grid does not run, so that no choice is made on the seeds it reports")
@@ -144,8 +143,8 @@ def read_tuned(path: str | Path) -> Tuned:
     """A ``tuned.toml``; a missing or malformed file raises ``ConfigError`` naming it."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = read_toml(path)
+    except (ConfigError, OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--tuned {path}: cannot be read as a tuned.toml ({e})") from None
     try:
         budget = {k: data[k] for k in ("trials", "seeds", "search", "objective", "split")}
