@@ -8,7 +8,8 @@ work. This method is one such scheme, built from EPI's own signals and nothing e
   replaces (the Jaccard EPI's paper reports). Below ``drifting_below`` the importance is moving:
   the next refresh comes twice as soon. Above ``stable_above`` it has settled: twice as late.
   In between the interval stays. Bounds: ``[min_interval, max_interval]``; the first interval is
-  ``refresh_every``, the first mask comes after ``warmup_steps`` (default ``refresh_every``).
+  ``refresh_every`` brought into them (so a tuner may draw it from EPI's own domain), the first
+  mask comes after ``warmup_steps`` (default ``refresh_every``).
 - **Ratio from how concentrated importance is.** With ``I~`` the per-tensor min-max normalized
   importance EPI selects on, over N eligible entries, the participation share
   ``(sum I~)^2 / (N * sum I~^2)`` is the fraction of entries that effectively carry the
@@ -58,8 +59,7 @@ class EPIAdaptiveConfig(EPIConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check(0.0 < self.rho_min <= self.rho, "rho_min", f"a fraction in (0, rho = {self.rho}]")
-        self.check(self.min_interval <= self.refresh_every <= self.max_interval, "refresh_every",
-                   f"an interval in [min_interval, max_interval] = [{self.min_interval}, {self.max_interval}]")
+        self.check(self.min_interval <= self.max_interval, "min_interval", f"at most max_interval = {self.max_interval}")
         self.check(0.0 <= self.drifting_below < self.stable_above <= 1.0, "drifting_below",
                    f"a Jaccard in [0, stable_above = {self.stable_above})")
 
@@ -93,7 +93,7 @@ class EPIAdaptive(EPI):
     def prepare(self, model: nn.Module) -> nn.Module:
         model = super().prepare(model)
         c = self.config
-        self.interval = c.refresh_every
+        self.interval = min(max(c.refresh_every, c.min_interval), c.max_interval)
         self.next_refresh = c.refresh_every if c.warmup_steps is None else c.warmup_steps
         self.rho_now = 0.0
         return model

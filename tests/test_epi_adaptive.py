@@ -80,8 +80,10 @@ def test_the_ratio_follows_concentration_within_its_bounds():
 def test_bad_bounds_are_refused_naming_the_option():
     with pytest.raises(ValueError, match="rho_min"):
         methods.build("epi_adaptive", {"rho": 0.01, "rho_min": 0.05})
-    with pytest.raises(ValueError, match="refresh_every"):
-        methods.build("epi_adaptive", {"refresh_every": 500})
+    with pytest.raises(ValueError, match="min_interval"):
+        methods.build("epi_adaptive", {"min_interval": 20, "max_interval": 10})
+    method, _ = adaptive(refresh_every=500, max_interval=64)
+    assert method.interval == 64  # the first interval is brought into the bounds
     with pytest.raises(ValueError, match="drifting_below"):
         methods.build("epi_adaptive", {"drifting_below": 0.95, "stable_above": 0.9})
 
