@@ -23,7 +23,7 @@ from reports.html import page
 from reports.load import Run, load_study, method_order, read_manifest
 from reports.metrics import LOST_UPDATE_THRESHOLD
 from reports.plots import drift_plots, forest_plots, heatmaps, schedule_plots, score_bars
-from reports.sensitivity import sensitivity_plots, sensitivity_table
+from reports.sensitivity import lr_robustness_table, sensitivity_plots, sensitivity_table
 from reports.tables import Table, forgetting_table, main_table, ordered_methods, ordered_tasks, row_groups
 
 
@@ -276,7 +276,8 @@ def write_all(study: str, runs: list[Run], methods: Sequence[str] | None, tasks:
                    if (t := flips_table(runs, regime, row_methods, task_order)) is not None]
     tables += flip_tables
     extra = [make(runs, regime, row_methods) for regime in regimes for make in (drift_table, conflict_table)]
-    extra += [sensitivity_table(runs, regime, row_methods, task_order) for regime in regimes]
+    extra += [make(runs, regime, row_methods, task_order) for regime in regimes
+              for make in (sensitivity_table, lr_robustness_table)]
     tables += [t for t in extra if t is not None]
     comparisons = [c for regime in regimes for c in cmp.compare(runs, regime, row_methods, task_order, baseline)]
     mark_all(tables, runs, comparisons, baseline, row_methods, task_order)

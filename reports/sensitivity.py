@@ -77,6 +77,48 @@ def sensitivity_table(runs: Sequence[Run], regime: str, methods: Sequence[str], 
                  rows, [True, False], note)
 
 
+LR = "train.lr"
+
+
+def lr_robustness_table(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str]) -> Table | None:
+    """For a grid with a ``train.lr`` axis: per (backbone, method, other swept values), the Avg.
+    Norm. and Avg. F at the best learning rate (by mean Avg. Norm.) beside their means over every
+    learning rate of the axis. A method whose good score needs one exact learning rate shows a
+    large gap; a smaller learning rate alone can remove much forgetting (TALR, 2025), so a table of
+    best-LR rows alone can flatter a method."""
+    rows_of = [row for row in swept(runs, regime, methods) if LR in row[2][0].variant_values]
+    if not rows_of:
+        return None
+    best, dropped = normalizers(runs, row_groups(runs, regime, methods), tasks)
+    by_rest: dict[tuple[str, str, str], list[tuple[float, float | None, float | None]]] = {}
+    for backbone, method, group in rows_of:
+        values = group[0].variant_values
+        rest = ", ".join(f"{short(k)}={json.dumps(v)}" for k, v in sorted(values.items()) if k != LR)
+        kept = kept_tasks(tasks, dropped.get(backbone, {}))
+        norm = mean_std(list(avg_norm_by_seed(group, kept, best.get(backbone, {})).values()))[0]
+        forgetting = mean_std(forgetting_by_seed(group, tasks))[0]
+        by_rest.setdefault((backbone, method, rest), []).append((values[LR], norm, forgetting))
+    rows: list[tuple[list[str], list[list[float] | None]]] = []
+    for (backbone, method, rest), points in by_rest.items():
+        scored: list[tuple[float, float, float | None]] = [(lr, n, f) for lr, n, f in points if n is not None]
+        if len(points) < 2 or not scored:
+            continue
+        top = max(scored, key=lambda p: p[1])
+        forgettings = [f for _, _, f in points if f is not None]
+        rows.append(([backbone, method, rest or "-", f"{top[0]:g}", str(len(points))],
+                     [[top[1]], [sum(n for _, n, _ in scored) / len(scored)],
+                      [top[2]] if top[2] is not None else None,
+                      [sum(forgettings) / len(forgettings)] if forgettings else None]))
+    if not rows:
+        return None
+    note = ("Learning-rate robustness: per method, Avg. Norm. and Avg. F at the best learning rate of the "
+            "train.lr axis (by mean Avg. Norm.) beside their means over every learning rate of the axis (each "
+            "a mean over seeds).")
+    return Table(f"lr_robustness_{regime}", ["backbone", "method", "other swept", "best lr", "lrs"],
+                 ["Avg. Norm. (best lr)", "Avg. Norm. (mean over lrs)", "Avg. F (best lr)", "Avg. F (mean over lrs)"],
+                 rows, [None, None, None, None], note)
+
+
 def sensitivity_plots(runs: Sequence[Run], regime: str, methods: Sequence[str], tasks: Sequence[str],
                       out: Path) -> list[Path]:
     """Per (backbone, method, swept numeric key): Avg. Norm. and Avg. F against the key's value."""

@@ -29,10 +29,10 @@ def test_own_stages_forgetting_and_learning_over_groups():
 
 def write_run(study: Path, run_id: str, method: str, seed: int, regime: str, groups: list[list[str]],
               matrix: list[list[float]], options: dict | None = None, observers: dict | None = None,
-              events: list[dict] | None = None) -> None:
+              events: list[dict] | None = None, train: dict | None = None) -> None:
     stages = [{"stage": k, "trained_on": g, "scores": dict(zip(TASKS, row)), "nll": {t: 1.0 for t in TASKS},
                "steps_done": 10 * (k + 1)} for k, (g, row) in enumerate(zip(groups, matrix))]
-    config = {"seed": seed, "method": {"name": method, "options": options or {}}}
+    config = {"seed": seed, "method": {"name": method, "options": options or {}}, **({"train": train} if train else {})}
     result = {"schema_version": 2,
               "run": {"run_id": run_id, "study": study.name, "status": "success", "method": method, "regime": regime,
                       "backbone": "tiny", "seed": seed, "tasks": TASKS, "config": config},
@@ -95,3 +95,24 @@ def test_a_sweep_gets_one_sensitivity_row_per_variant_and_a_plot(study):
     assert main.count("epi (") == 4  # variants are rows of their own, never pooled as seeds
     assert (tables / "sensitivity_sequential_tiny_epi_rho.png").stat().st_size > 1000
     assert (tables / "sensitivity_sequential_tiny_epi_refresh_every.png").stat().st_size > 1000
+
+
+def test_an_lr_axis_gets_the_best_lr_beside_the_mean_over_lrs(tmp_path):
+    s = tmp_path / "lrs"
+    # final scores: lr 1e-4 keeps a (no forgetting), 1e-3 learns most, 1e-2 forgets everything
+    finals = {1e-4: [[40, 0, 0], [40, 30, 0], [40, 30, 20]], 1e-3: [[80, 0, 0], [60, 80, 0], [50, 70, 90]],
+              1e-2: [[90, 0, 0], [0, 90, 0], [0, 0, 90]]}
+    for lr, matrix in finals.items():
+        for seed in (0, 1):
+            write_run(s, f"full_sft-{lr}-{seed}", "full_sft", seed, "sequential", [["a"], ["b"], ["c"]], matrix,
+                      train={"lr": lr})
+    report(s)
+    lines = (s / "tables" / "lr_robustness_sequential.csv").read_text().splitlines()
+    assert len(lines) == 2
+    row = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert row["best lr"] == "0.001" and row["lrs"] == "3"
+    best, mean = float(row["Avg. Norm. (best lr)_mean"]), float(row["Avg. Norm. (mean over lrs)_mean"])
+    assert best == 100.0 and mean < best  # normalized by the best row: lr 1e-3's final scores are the best
+    # Avg. F: 1e-3 forgets (80-50 + 80-70) / 2 = 20; over the lrs (0 + 20 + 90) / 3
+    assert float(row["Avg. F (best lr)_mean"]) == 20.0
+    assert float(row["Avg. F (mean over lrs)_mean"]) == pytest.approx(110 / 3, abs=1e-3)
