@@ -8,6 +8,7 @@ does not hold shows before it is trusted. Exit 1 when a measured peak is more th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from bench.config import merge, parse_override
@@ -36,12 +37,13 @@ def main(argv: list[str] | None = None) -> int:
             result = None
         if result is None or not result.train.peak_memory_bytes:
             continue
-        plan = plan_cell(cell, None)
+        recorded = result.train.precision.get("policy")  # ``auto`` as the run resolved it, not as this process does
+        plan = plan_cell(dataclasses.replace(cell, precision=recorded) if recorded else cell, None)
         measured = result.train.peak_memory_bytes / 2**30
         total = plan.total / 2**30 if plan is not None else None
         ratio = measured / total if total else None
         outside += ratio is None or abs(ratio - 1) > args.tolerance
-        print(f"| {cell.run_id} | {cell.method_name} | {cell.precision} | "
+        print(f"| {cell.run_id} | {cell.method_name} | {recorded or cell.precision} | "
               f"{'—' if total is None else f'{total:.2f}'} | {measured:.2f} | {'—' if ratio is None else f'{ratio:.2f}'} |")
     print(f"\n{outside} cell(s) outside ±{100 * args.tolerance:.0f}% of their plan", file=sys.stderr)
     return 1 if outside else 0
