@@ -61,3 +61,26 @@ def test_a_grid_on_a_cpu_records_a_cell_over_a_trials_memory_share_as_failed_bef
     result = json.loads(next((tmp_path / "smoke").glob("full_sft-*/result.json")).read_text())
     assert result["run"]["status"] == "failed" and result["run"]["error"]["type"] == "DoesNotFit"
     assert not (tmp_path / "smoke" / ".ray").exists()  # nothing was started
+
+
+def test_plan_check_prints_plan_beside_the_measured_peak_and_fails_outside_its_tolerance(tmp_path, capsys):
+    from bench.run.execution import execute
+    from bench.tools.plan_check import main as plan_check
+
+    sets = [f"results_dir={json.dumps(str(tmp_path))}", "grid.methods=['full_sft']", "grid.seeds=[0]",
+            "grid.method_options={}", "train.steps_per_stage=2", "tasks.names=['logic']", "tasks.train_size=12",
+            "tasks.test_size=4", "eval.limit=4"]
+    args = [str(SMOKE), *[a for s in sets for a in ("--set", s)]]
+    from bench.config import merge, parse_override
+
+    overrides: dict = {}
+    for item in sets:
+        overrides = merge(overrides, parse_override(item), keep_replace=True)
+    cell = load_grid(SMOKE, overrides).cells[0]
+    result = execute(cell, progress=False)
+    assert plan_check([*args, "--tolerance", "100"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {cell.run_id}"))
+    plan, measured, ratio = (float(x) for x in row.split("|")[4:7])
+    assert measured == pytest.approx(result.train.peak_memory_bytes / 2**30, abs=0.01)
+    assert ratio == pytest.approx(measured / plan, abs=0.02) and row.split("|")[3].strip() == cell.precision
+    assert plan_check([*args, "--tolerance", "0.0001"]) == 1
