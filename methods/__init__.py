@@ -1,6 +1,19 @@
 """The method registry. Adding a method = one new file here plus one import line below."""
 
-from methods import cpi_ft, epi, epi_adaptive, ewc, full_sft, hft, lora, mofo, random_isolation, replay, static_isolation  # noqa: F401, E501
+from methods import (  # noqa: F401
+    cpi_ft,
+    epi,
+    epi_adaptive,
+    ewc,
+    freeze_bottom,
+    full_sft,
+    hft,
+    lora,
+    mofo,
+    random_isolation,
+    replay,
+    static_isolation,
+)
 from methods.base import Method, MethodConfig, PlanContext, StageContext, StageData, StagePlan
 from methods.registry import METHODS, Registry, build, describe, get, names, register, search_space
 
