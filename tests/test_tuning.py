@@ -197,3 +197,24 @@ def test_tune_searches_every_method_on_validation_and_the_grid_takes_its_choices
     assert main(["tune", str(path)]) == 0  # a second tune reuses every trial's result: nothing trains again
     assert "resuming" not in capsys.readouterr().err
     assert len(sorted((tmp_path / "results" / "t-tuning").glob("*/result.json"))) == 4
+
+
+def test_optuna_search_is_built_when_asked_and_refused_with_the_extra_to_install_when_missing(tmp_path, monkeypatch):
+    import builtins
+
+    from bench.launch.tuning import search_algorithm
+    from bench.run.tuning_spec import tune_spec
+
+    spec = tune_spec({"search": "optuna", "search_seed": 3}, [0], "g.toml")
+    assert type(search_algorithm(spec)).__name__ == "OptunaSearch"
+    assert type(search_algorithm(tune_spec({}, [0], "g.toml"))).__name__ == "BasicVariantGenerator"
+    real_import = builtins.__import__
+
+    def no_optuna(name, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "optuna":
+            raise ImportError("no optuna")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    with pytest.raises(ConfigError, match=r"needs the optuna package; install it with pip install -e '.\[tune\]'"):
+        tune_spec({"search": "optuna"}, [0], "g.toml")

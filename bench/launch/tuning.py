@@ -143,7 +143,8 @@ def run_tune(grid: Grid, address: str | None = None, verbose: bool = False) -> P
             ensure_base_scores(cell)
         with ray_session(tuning_dir, address, verbose):
             for key, base in starts.items():
-                choices.append(_tune_one(tune, key, base, spec, seeds, per_trial[key], tuning_dir, verbose))
+                choices.append(_tune_one(tune, key, base, spec, seeds, per_trial[key], tuning_dir, verbose,
+                                         grid.spec.max_concurrent_trials))
     budget = {"trials": spec.trials, "seeds": seeds, "search": spec.search, "objective": spec.objective,
               "split": "validation", "search_seed": spec.search_seed}
     path = study_dir / "tuned.toml"
@@ -155,7 +156,7 @@ def run_tune(grid: Grid, address: str | None = None, verbose: bool = False) -> P
 
 
 def _tune_one(tune: Any, key: str, base: Cell, spec: TuneSpec, seeds: list[int], per_trial: dict[str, float],
-              tuning_dir: Path, verbose: bool) -> Choice:
+              tuning_dir: Path, verbose: bool, at_once: int) -> Choice:
     space = space_of(base.method_name)
     done: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -175,7 +176,7 @@ def _tune_one(tune: Any, key: str, base: Cell, spec: TuneSpec, seeds: list[int],
     tuner = tune.Tuner(
         tune.with_resources(_trial, per_trial), param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=spec.trials, search_alg=search_algorithm(spec), metric="objective",
-                                    mode="max", reuse_actors=True),
+                                    mode="max", reuse_actors=True, max_concurrent_trials=at_once or None),
         run_config=tune.RunConfig(name=f"tune-{base.method_name}-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=str(tuning_dir / ".ray"), verbose=2 if verbose else 0,
                                   callbacks=[Progress()]))

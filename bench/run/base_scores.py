@@ -31,6 +31,9 @@ def base_key(cell: Cell) -> str:
     c = to_dict(cell.config)
     key = {k: c[k] for k in ("backbone", "tasks", "eval")}
     key["tasks"] = {k: v for k, v in key["tasks"].items() if k not in ("groups", "num_groups")}  # stages only
+    if key["eval"].get("split", "test") == "test":  # scored on test, the validation rows play no part: the
+        key["eval"].pop("split", None)  # key of an earlier version's cache, which had neither key
+        key["tasks"].pop("val_size", None)
     key["seed"] = cell.seed if resolve(cell.backbone.name).random_init else None
     key["precision"] = cell.precision  # ``auto`` as resolved here
     key["format"] = FORMAT_VERSION
