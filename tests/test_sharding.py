@@ -2,7 +2,8 @@
 
 - Every registered method trains 20 steps over two sequential stages (lr 1e-3, clipping on):
   the losses agree to 1e-5, every mask the method selects equals the one-process mask entry for
-  entry, no isolated entry changes on any rank, and the final weights agree. The one-process run
+  entry, no isolated entry changes on any rank, and the final weights agree (``assert_weights_agree``:
+  to 1e-5, but for the rare entry whose near-zero gradient Adam amplifies). The one-process run
   uses the same micro-batches (``train.grad_accum = 2``: one per worker in the sharded run). The
   runs are not bit-identical: the global gradient norm sums the ranks' parts in another order,
   and a vectorized kernel splits a shard where it would not split the whole tensor (measured:
@@ -142,6 +143,19 @@ def test_sharded_selection_is_the_one_process_selection(runs: tuple[dict[str, An
     assert set(counts[:6]) == {3, 16, 26} and counts[6:] == [24, 486]  # round(rho * 53), round(rho * 2430)
 
 
+def assert_weights_agree(sharded: torch.Tensor, one: torch.Tensor, where: str) -> None:
+    """Every entry within 1e-5 + 1e-4 |w| of the one-process weight, but for Adam's amplification
+    of rounding noise: an entry whose gradient is near zero has its update divided by a near-zero
+    sqrt(v), so a last-bit difference in that gradient moves it by up to a fraction of the learning
+    rate (measured: HFT, 1 entry of 8192 of one tensor off by 2.3e-5 over 20 steps at lr 1e-3, the
+    others within 2e-8). Such entries may be at most 0.1% of a tensor and at most 1e-4 (a tenth of
+    the learning rate) away; a sharding error (a wrong scale, a lost shard) moves many entries."""
+    diff = (sharded - one).abs()
+    beyond = diff > 1e-5 + 1e-4 * one.abs()
+    assert int(beyond.sum()) <= max(1, one.numel() // 1000), f"{where}: {int(beyond.sum())} of {one.numel()} entries differ"
+    assert float(diff.max()) <= 1e-4, f"{where}: an entry differs by {float(diff.max()):.3g}"
+
+
 @pytest.mark.parametrize("name", methods.names())
 def test_two_workers_match_one_process(name: str, runs: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
     one, ranks = runs
@@ -157,7 +171,7 @@ def test_two_workers_match_one_process(name: str, runs: tuple[dict[str, Any], li
             for n in ma:
                 assert torch.equal(ma[n], mb[n]), f"rank {rank}: mask {i} of {n} differs"
         for n, w in a["weights"].items():
-            torch.testing.assert_close(b["weights"][n], w, atol=1e-5, rtol=1e-4, msg=f"rank {rank}: {n}")
+            assert_weights_agree(b["weights"][n], w, f"rank {rank}: {n}")
     if methods.get(name).isolates:
         assert any(m.any() for mask in a["masks"] for m in mask.values()), f"{name} isolated nothing: vacuous"
     if methods.get(name).loss is not methods.Method.loss:
