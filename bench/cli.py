@@ -277,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-memory", default=None, metavar="SIZE", help=MEMORY_HELP)
     p.add_argument("--assume-mfu", type=float, default=None, metavar="F",
                    help="cost plan: training throughput as a fraction of the device's dense peak (default 0.40 on a "
-                        "GPU; 0.80 of the probed matmul throughput on a CPU)")
+                        "GPU; 0.80 of the probed training throughput on a CPU)")
     p.add_argument("--assume-eval-mfu", type=float, default=None, metavar="F",
                    help="cost plan: evaluation throughput, the same way (default 0.05 on a GPU: generation is "
-                        "memory-bound; 0.40 on a CPU)")
+                        "memory-bound; 1.0 on a CPU, whose evaluation FLOPs are an upper bound)")
     p.add_argument("--device-flops", type=float, default=None, metavar="FLOP/S",
                    help="cost plan: a device's dense peak (default: 989e12, an H100's bf16, on a GPU machine; this "
                         "CPU's matmul throughput, measured by a short probe, on a CPU machine)")

@@ -75,3 +75,14 @@ def test_the_cpu_probe_measures_a_finite_throughput():
     from bench.run.cost_plan import cpu_flops
 
     assert 1e8 < cpu_flops("fp32") < 1e14
+
+
+def test_the_analyses_own_passes_count_as_training_work(tmp_path):
+    plain = load_grid(SMOKE, {"results_dir": str(tmp_path / "a")}).cells[0]
+    measured = load_grid(SMOKE, {"results_dir": str(tmp_path / "b"),
+                                 "analysis": {"gradient_conflict": {"every": 5, "batches": 2}}}).cells[0]
+    n, trainable = parameters(plain)
+    tokens, train, _ = work(plain)
+    _, with_conflict, _ = work(measured)
+    # 4 stages x 15 steps = 60 steps: a measurement at steps 0, 5, ..., 55 (12), 4 tasks x 2 batches of 8 x 96
+    assert with_conflict - train == 12 * 4 * 2 * 8 * 96 * (6 * n)

@@ -22,6 +22,12 @@ def planned_bytes(chosen: dict[str, Options], trainable: int, tasks: int) -> int
     return sum(ANALYSES[name].planned_bytes(options, trainable, tasks) for name, options in chosen.items())
 
 
+def planned_passes(chosen: dict[str, Options], steps: int, tasks: int) -> float:
+    """Forward + backward passes of one training batch the enabled analyses add over ``steps``
+    optimizer steps of a run of ``tasks`` tasks (the cost plan counts them as training work)."""
+    return sum(ANALYSES[name].planned_passes(options, steps, tasks) for name, options in chosen.items())
+
+
 def build(chosen: dict[str, Options], data: StageData) -> list[Observer]:
     """The observers of the enabled analyses (name -> parsed options); ``data`` holds batches of
     every task of the run."""

@@ -89,6 +89,11 @@ class GradientConflict(Observer):
         """The task gradients held while measuring (for the memory plan)."""
         return 4 * tasks * (min(options.sample, trainable) if options.sample else trainable)
 
+    @staticmethod
+    def planned_passes(options: ConflictOptions, steps: int, tasks: int) -> float:
+        """One backward pass per task and batch at every ``every``-th step (from step 0)."""
+        return 0.0 if tasks < 2 else float(-(-steps // options.every) * tasks * options.batches)
+
     def attach(self, model: nn.Module) -> None:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.index: dict[str, torch.Tensor] | None = None

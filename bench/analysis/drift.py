@@ -77,6 +77,13 @@ class ImportanceDrift(Observer):
         self.recorder = Recorder()
 
     @staticmethod
+    def planned_passes(options: DriftOptions, steps: int, tasks: int) -> float:
+        """No pass of its own: it reads the step's gradients. Its EMA update and the snapshots'
+        selection cost about 0.011 of a step each step and 0.59 of a step per snapshot on
+        SmolLM2 on a CPU (docs/perf.md, "The analyses' cost")."""
+        return 0.011 * steps + 0.59 * steps / options.every
+
+    @staticmethod
     def planned_bytes(options: DriftOptions, trainable: int, tasks: int) -> int:
         """State for ``trainable`` parameters (for the memory plan)."""
         return 4 * trainable if options.source == "ema" else 0

@@ -4,9 +4,11 @@ its requests, at a stated throughput; and, once cells have run, from what they m
 - Training FLOPs per token (Kaplan et al.'s 6N, split by pass): forward 2N, backward 2N for the
   activation gradients plus 2 x the trainable parameters for the weight gradients (LoRA's
   frozen backbone needs no weight gradients), plus another 2N forward when activation
-  checkpointing recomputes the layers. N = the backbone's parameters, from its shape on the
-  meta device (no download). Tokens: steps x batch x ``train.max_length``, an upper bound
-  (rows are padded to the longest row of a micro-batch, not to ``max_length``).
+  checkpointing recomputes the layers; the enabled analyses add their own passes
+  (``bench.analysis.planned_passes``: gradient conflict's per-task backward passes). N = the
+  backbone's parameters, from its shape on the meta device (no download). Tokens: steps x batch
+  x ``train.max_length``, an upper bound (rows are padded to the longest row of a micro-batch,
+  not to ``max_length``).
 - Evaluation FLOPs: per evaluation (the base model once per backbone, then every stage), every
   task's ``eval.limit`` items, each a forward over ``train.max_length`` tokens for its score or
   gold NLL, plus ``eval.max_gen_toks`` generated tokens for a generating task, at 2N per token.
@@ -31,6 +33,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from bench import analysis
 from bench.backbones.registry import device
 from bench.config import to_dict
 from bench.engine.precision import Precision
@@ -39,7 +42,7 @@ from bench.run.cell import Cell
 from bench.run.memory_plan import adapted_meta_model, shape_of
 from bench.run.regimes import regime_plan
 from bench.suite.tasks import TASKS
-from pluggable.options import non_default
+from pluggable.options import as_table, non_default
 
 H100_BF16_FLOPS = 989e12
 GENERATING = {"generate", "gsm8k", "open"}
@@ -100,9 +103,11 @@ def _timed(fn: Any) -> float:
 
 
 # Default fractions of the peak: on a GPU, of its dense bf16 peak (generation is bound by memory);
-# on a CPU, of the probe's matmul throughput, fitted on the quickstart grid's measured cells
-# (docs/perf.md, "Cost plan on a CPU").
-GPU_FRACTIONS, CPU_FRACTIONS = (0.40, 0.05), (0.80, 0.40)
+# on a CPU, of the probe's training throughput (``cpu_flops``), fitted on the papers_cpu and
+# tuned_cpu grids' measured cells (docs/perf.md, "Cost plan on a CPU"). Evaluation's 1.0 is not a
+# claim that it runs at the probe's rate: its FLOPs count every item at train.max_length, an upper
+# bound that the fit absorbs.
+GPU_FRACTIONS, CPU_FRACTIONS = (0.40, 0.05), (0.80, 1.0)
 
 
 def on_gpu() -> bool:
@@ -182,12 +187,15 @@ def _work(cell: Cell) -> tuple[int, float, float]:
     n, trainable = counted
     t = cell.train
     stages = len(regime_plan(cell).groups)
-    tokens = stages * t.steps_per_stage * t.batch_size * t.max_length
+    steps = stages * t.steps_per_stage
+    tokens = steps * t.batch_size * t.max_length
     per_token = 2 * n + 2 * n + 2 * trainable + (2 * n if t.activation_checkpointing else 0)
+    # the analyses' own passes (gradient conflict's per-task backward passes), as whole steps' work
+    extra = analysis.planned_passes(cell.analyses, steps, len(cell.tasks.names)) * t.batch_size * t.max_length
     per_eval = sum(cell.eval.limit * 2 * n * (t.max_length * (2 if cell.eval.nll else 1)
                                                  + (cell.eval.max_gen_toks if TASKS[name].kind in GENERATING else 0))
                    for name in cell.tasks.names)
-    return tokens, float(tokens * per_token), float(per_eval)
+    return tokens, float((tokens + extra) * per_token), float(per_eval)
 
 
 def evaluations(cell: Cell) -> int:
@@ -196,9 +204,11 @@ def evaluations(cell: Cell) -> int:
 
 
 def similar(cell: Cell) -> str:
-    """What makes two cells cost the same per token: backbone, method and its options, training settings."""
+    """What makes two cells cost the same per token: backbone, method and its options, training
+    settings, evaluation settings, tasks, and the enabled analyses (their passes cost)."""
     return json.dumps([cell.backbone.name, cell.method_name, non_default(cell.options), to_dict(cell.train),
-                       to_dict(cell.eval), cell.tasks.names], sort_keys=True)
+                       to_dict(cell.eval), cell.tasks.names,
+                       {name: as_table(options) for name, options in sorted(cell.analyses.items())}], sort_keys=True)
 
 
 def steps(cell: Cell) -> int:
