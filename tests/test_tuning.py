@@ -124,7 +124,7 @@ def grid_file(tmp_path: Path, tune: str = "trials = 2\nseeds = [100]\n") -> Path
                     '[train]\nsteps_per_stage = 2\nbatch_size = 4\nlr = 3e-3\nmax_length = 64\n'
                     '[eval]\nlimit = 8\nbatch_size = 16\nmax_gen_toks = 4\nretention = {}\n'
                     '[grid]\nmethods = ["full_sft", "epi"]\nseeds = [0]\nresources = { cpu = 1 }\n'
-                    'max_concurrent_trials = 1\n[grid.method_options.epi]\nrefresh_every = 2\n'
+                    'max_concurrent_trials = 1\n[grid.method_options.epi]\nrefresh_every = 2\nwarmup_steps = 1\n'
                     f'[grid.tune]\n{tune}')
     return path
 
@@ -186,6 +186,12 @@ def test_tune_searches_every_method_on_validation_and_the_grid_takes_its_choices
         assert cell.train.lr == chosen.lr
         assert all(getattr(cell.options, k) == v for k, v in chosen.options.items())
         assert cell.eval.split == "test"
+        # the grid cell is the chosen trial's config but for seed and split: options it did not tune stay
+        best = next(t for t in chosen.trials if t["objective"] == chosen.objective)
+        trial = json.loads(next((tmp_path / "results" / "t-tuning").glob(f"{best['run_ids']}/result.json")).read_text())
+        assert trial["run"]["config"]["method"]["options"] == cell.config.method.options
+        assert trial["run"]["config"]["train"]["lr"] == cell.train.lr
+    assert [c.options.warmup_steps for c in grid.cells if c.method_name == "epi"] == [1]
     from bench.launch.manifest import write_manifest
     from reports.report import tuned_caption
 

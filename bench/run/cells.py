@@ -210,8 +210,10 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None, tuned: 
                                         **(base.method.options if method == base.method.name else {}), **options}}}
             for key, value in {**axes, **own_axes}.items():
                 cell = merge(cell, parse_override(f"{key}={json.dumps(value)}"))
-            if tuned is not None:
-                cell = merge(cell, tuned.overrides(backbone, regime, method))
+            if tuned is not None:  # the choice over the file's options: a key it did not tune stays
+                chosen = tuned.overrides(backbone, regime, method)
+                cell = merge(cell, {k: v for k, v in chosen.items() if k != "method"})
+                cell["method"]["options"] = {**cell["method"]["options"], **chosen.get("method", {}).get("options", {})}
             config = from_dict(RunConfig, expand_home(merge(data, cell)), where)
             if (problem := stage_problem(config)) is not None:
                 skipped.setdefault(method, problem)

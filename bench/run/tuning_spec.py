@@ -90,7 +90,9 @@ class Tuned:
     choices: dict[str, Choice]
 
     def overrides(self, backbone: str, regime: str, method: str) -> dict[str, Any]:
-        """The config keys a cell of this (backbone, regime, method) takes from the tuning."""
+        """The config keys a cell of this (backbone, regime, method) takes from the tuning: the
+        learning rate, and the tuned method options, to be laid over the cell's other options
+        (``bench.run.cells.load_grid``), as the trials laid their draws over them."""
         choice = self.choices.get(key_of(backbone, regime, method))
         if choice is None:
             return {}
