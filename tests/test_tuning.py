@@ -224,3 +224,14 @@ def test_optuna_search_is_built_when_asked_and_refused_with_the_extra_to_install
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     with pytest.raises(ConfigError, match=r"needs the optuna package; install it with pip install -e '.\[tune\]'"):
         tune_spec({"search": "optuna"}, [0], "g.toml")
+
+
+def test_a_trial_is_the_base_cell_with_its_draw_on_validation_and_a_refused_draw_is_a_config_error(tmp_path):
+    from bench.launch.tuning import trial_cell
+
+    base = next(c for c in load_grid(grid_file(tmp_path)).cells if c.method_name == "epi")
+    cell = trial_cell(base, {"train.lr": 2e-4, "method.options.rho": 0.03}, 100)
+    assert (cell.train.lr, cell.options.rho, cell.options.refresh_every, cell.options.warmup_steps) == (2e-4, 0.03, 2, 1)
+    assert cell.seed == 100 and cell.eval.split == "validation" and cell.study == "t-tuning"
+    with pytest.raises(ConfigError, match="rho"):
+        trial_cell(base, {"method.options.rho": 2.0}, 100)

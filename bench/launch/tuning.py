@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backbones.registry import prepare_backbone
-from bench.config import RunConfig, from_dict, to_dict
+from bench.config import ConfigError, RunConfig, from_dict, to_dict
 from bench.engine.precision import CPU_BF16_ENV, cpu_bf16
 from bench.files import atomic_write
 from bench.launch.dispatch import check_resources, resources, run_cell
@@ -91,7 +91,12 @@ def _trial(space: dict[str, Any]) -> None:
     values = {key: space[safe(key)] for key in space["keys"]}
     scores, run_ids = [], []
     for seed in space["seeds"]:
-        cell = trial_cell(base, values, seed)
+        try:
+            cell = trial_cell(base, values, seed)
+        except ConfigError as e:  # a draw the method's own checks refuse (e.g. two bounds crossed): a failed trial
+            print(f"[tune] a draw refused: {e}", file=sys.stderr)
+            scores.append(FAILED)
+            continue
         run_ids.append(cell.run_id)
         result = run_cell(cell, space["resources"], progress=False)
         value = objective(result, space["objective"])
