@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
 
-import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig
+from methods.parts.frozen import FrozenTensors
 from methods.registry import register
 from pluggable.search import choice, uniform
 
@@ -48,27 +47,10 @@ def frozen_names(names: list[str], bottom: float, embeddings: bool) -> list[str]
 
 
 @register("freeze_bottom")
-class FreezeBottom(Method[FreezeBottomConfig]):
+class FreezeBottom(FrozenTensors, Method[FreezeBottomConfig]):
     """Holds the embeddings and the bottom share of the decoder layers fixed for the whole run."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.track(model)
         self.frozen = frozen_names(list(self.params), self.config.bottom, self.config.embeddings)
         return model
-
-    def after_backward(self, step: int, model: nn.Module) -> None:
-        for name in self.frozen:
-            self.params[name].grad = None
-
-    def held_fixed(self) -> dict[str, torch.Tensor]:
-        return {name: torch.ones((), dtype=torch.bool, device=self.params[name].device) for name in self.frozen}
-
-    def stats(self) -> dict[str, float]:
-        frozen = sum(self.params[n].numel() for n in self.frozen)
-        return {"frozen_share": frozen / max(sum(p.numel() for p in self.params.values()), 1)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"frozen": list(self.frozen)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.frozen = list(state["frozen"])

@@ -20,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Any
 
-import torch
 from torch import nn
 
 from methods.base import Method, MethodConfig, StageContext
+from methods.parts.frozen import FrozenTensors
 from methods.registry import register
 from pluggable.search import choice
 
@@ -64,31 +63,13 @@ def frozen_half(names: list[str], selection: str, rng: random.Random) -> list[st
 
 
 @register("hft")
-class HFT(Method[HFTConfig]):
+class HFT(FrozenTensors, Method[HFTConfig]):
     """Freezes a new half of the tensors at every stage start."""
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.frozen: list[str] = []
+        self.track(model)
         return model
 
     def on_stage_start(self, ctx: StageContext) -> None:
         rng = random.Random(f"{ctx.data.seed}:{ctx.stage}:hft")
         self.frozen = frozen_half(list(self.params), self.config.selection, rng)
-
-    def after_backward(self, step: int, model: nn.Module) -> None:
-        for name in self.frozen:
-            self.params[name].grad = None
-
-    def held_fixed(self) -> dict[str, torch.Tensor]:
-        return {name: torch.ones((), dtype=torch.bool, device=self.params[name].device) for name in self.frozen}
-
-    def stats(self) -> dict[str, float]:
-        frozen = sum(self.params[n].numel() for n in self.frozen)
-        return {"frozen_share": frozen / max(sum(p.numel() for p in self.params.values()), 1)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"frozen": list(self.frozen)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.frozen = list(state["frozen"])
