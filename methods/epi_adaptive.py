@@ -36,7 +36,7 @@ from torch import nn
 from methods.epi import EPI, EPIConfig
 from methods.parts.collectives import local, reduce_
 from methods.parts.isolation import IsolationMethod
-from methods.parts.selection import select_top_fraction
+from methods.parts.selection import block_extremes, select_top_fraction
 from methods.registry import register
 from pluggable.search import log_uniform, uniform
 
@@ -67,13 +67,8 @@ class EPIAdaptiveConfig(EPIConfig):
 def participation_share(scores: dict[str, torch.Tensor], normalize: bool) -> float:
     """``(sum x)^2 / (N * sum x^2)`` over every entry of ``scores`` (per-tensor min-max normalized
     first when ``normalize``), over all ranks' blocks; 1.0 when every entry is zero."""
-    names = list(scores)
-    blocks = [local(scores[n]).detach().reshape(-1).double() for n in names]
-    ends = torch.tensor([[float("inf"), -float("inf")]] * len(blocks), dtype=torch.float64, device=blocks[0].device)
-    for i, b in enumerate(blocks):
-        if b.numel():
-            ends[i] = torch.stack(torch.aminmax(b))
-    lows, highs = reduce_(ends[:, 0].contiguous(), "min"), reduce_(ends[:, 1].contiguous(), "max")
+    blocks = [local(t).detach().reshape(-1).double() for t in scores.values()]
+    lows, highs = block_extremes(blocks)
     sums = torch.zeros(3, dtype=torch.float64, device=blocks[0].device)  # sum x, sum x^2, N
     for i, b in enumerate(blocks):
         x = (b - lows[i]) / (highs[i] - lows[i] + 1e-12) if normalize else b

@@ -142,7 +142,7 @@ def run_tune(grid: Grid, address: str | None = None, verbose: bool = False) -> P
     with study_lock(tuning_dir):
         for backbone in sorted({c.backbone.name for c in starts.values()}):
             prepare_backbone(backbone)
-        firsts = {base_key(trial_cell(c, {}, seeds[0])): trial_cell(c, {}, seeds[0]) for c in starts.values()}
+        firsts = {base_key(cell): cell for cell in (trial_cell(c, {}, seeds[0]) for c in starts.values())}
         for cell in firsts.values():
             print(f"[tune] base scores of {cell.backbone.name} on validation", file=sys.stderr, flush=True)
             ensure_base_scores(cell)

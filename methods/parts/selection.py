@@ -58,6 +58,17 @@ def sampled_range(raws: list[torch.Tensor], maps: list[tuple[float, float]], k: 
     return lo, hi
 
 
+def block_extremes(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per tensor, the (min, max) over all ranks' blocks (flat, this rank's part each), as two
+    float64 tensors; an empty block counts as (inf, -inf)."""
+    on = blocks[0].device
+    ends = torch.tensor([[float("inf"), -float("inf")]] * len(blocks), dtype=torch.float64, device=on)
+    for i, b in enumerate(blocks):
+        if b.numel():  # a rank's block of a small tensor may be empty
+            ends[i] = torch.stack(torch.aminmax(b)).double()
+    return reduce_(ends[:, 0].contiguous(), "min"), reduce_(ends[:, 1].contiguous(), "max")
+
+
 def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normalize: bool = True,
                         bins: int = 4096, exact_below: int | None = None,
                         sample: int = 1 << 16) -> dict[str, torch.Tensor]:
@@ -78,11 +89,7 @@ def select_top_fraction(scores: dict[str, torch.Tensor], rho: float, *, normaliz
         return empty
     if k >= count_all:
         return {n: torch.arange(r.numel(), device=r.device) for n, r in zip(names, raws)}
-    ends = torch.tensor([[float("inf"), -float("inf")]] * len(raws), dtype=torch.float64, device=on)
-    for i, r in enumerate(raws):
-        if r.numel():  # a rank's block of a small tensor may be empty
-            ends[i] = torch.stack(torch.aminmax(r)).double()
-    lows, highs = reduce_(ends[:, 0].contiguous(), "min"), reduce_(ends[:, 1].contiguous(), "max")
+    lows, highs = block_extremes(raws)
     extremes = torch.stack([lows, highs], 1).cpu().tolist()
     maps = [(lo, hi - lo + EPS) if normalize else (0.0, 1.0) for lo, hi in extremes]  # normalized = (raw - shift) / scale
     if normalize:  # a constant tensor normalizes to 0 everywhere: as zeros, no threshold of it rounds
